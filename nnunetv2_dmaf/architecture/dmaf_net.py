@@ -1,0 +1,243 @@
+"""DMAF-Net: per-modality encoders, DMAF fusion at every scale, one shared U-Net decoder.
+
+Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
+
+* input ``x``: [B, M, *S] with one channel per modality, in dataset.json channel order;
+* ``modality_mask``: bool [B, M], True = present. ``None`` (how nnU-Net's predictor calls the
+  network) infers it from ``x``: a channel that is zero everywhere in a sample is missing. A sample
+  whose channels are all zero (e.g. a sliding-window patch in the background) counts as complete.
+* Each modality's encoder only runs on the samples where that modality is present; the others get
+  zero features that the fusion ignores. A modality missing in the whole batch costs no compute and
+  its encoder receives no gradient.
+* Output: as nnU-Net's U-Nets, logits [B, K, *S], or a list of them (full resolution first) when
+  ``decoder.deep_supervision`` is on.
+"""
+from __future__ import annotations
+
+import math
+import pydoc
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Type
+
+import torch
+from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from nnunetv2_dmaf.architecture.fusion import DMAFFusion
+
+
+@dataclass
+class DecoderSpec:
+    """What dynamic_network_architectures' UNetDecoder reads from an encoder: the fused skips'
+    widths and strides. The decoder then has the same widths as nnU-Net's plain U-Net."""
+    output_channels: list[int]
+    strides: list[list[int]]
+    kernel_sizes: list[list[int]]
+    conv_op: Type[_ConvNd]
+    conv_bias: bool
+    norm_op: Type[nn.Module] | None
+    norm_op_kwargs: dict | None
+    dropout_op: Type[nn.Module] | None
+    dropout_op_kwargs: dict | None
+    nonlin: Type[nn.Module] | None
+    nonlin_kwargs: dict | None
+
+
+@dataclass
+class DMAFFeatures:
+    """Intermediate tensors of one forward pass, for the distillation losses.
+
+    modality_features: per stage [B, M, C_s, *S_s] encoder features (zeros where missing).
+    fused_features: per stage [B, F_s, *S_s] fused skips fed to the decoder.
+    modality_weights: per stage [B, M, *grid_s] attention-derived modality weights.
+    modality_mask: [B, M] the mask used.
+    """
+    modality_features: list[torch.Tensor] = field(default_factory=list)
+    fused_features: list[torch.Tensor] = field(default_factory=list)
+    modality_weights: list[torch.Tensor] = field(default_factory=list)
+    modality_mask: torch.Tensor | None = None
+
+
+def default_modality_width_factor(num_modalities: int) -> float:
+    """1/sqrt(M): M encoders of this width cost about as much compute as one full-width encoder."""
+    return 1.0 / math.sqrt(num_modalities)
+
+
+def infer_modality_mask(x: torch.Tensor) -> torch.Tensor:
+    """[B, M, *S] -> bool [B, M]: a channel that is zero everywhere is missing; a sample with every
+    channel zero is treated as complete (there is nothing to tell its modalities apart)."""
+    present = x.detach().flatten(2).abs().amax(-1) > 0
+    all_missing = ~present.any(1, keepdim=True)
+    return present | all_missing
+
+
+class DMAFNet(nn.Module):
+    """DMAF-Net for M modalities; arguments follow nnU-Net's PlainConvUNet / ResidualEncoderUNet.
+
+    Args (beyond nnU-Net's):
+        modality_width_factor: encoder width of each modality relative to the plans' features_per_stage
+            (default 1/sqrt(M), so the M encoders together cost about one plans-width encoder).
+        fusion_num_heads, fusion_token_grid, fusion_mlp_ratio: see :class:`DMAFFusion`.
+        encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
+            n_blocks_per_stage), matching the plans' network class.
+    """
+
+    def __init__(self, input_channels: int, num_classes: int, n_stages: int,
+                 features_per_stage: int | Sequence[int], conv_op: Type[_ConvNd],
+                 kernel_sizes: int | Sequence, strides: int | Sequence,
+                 n_conv_per_stage_decoder: int | Sequence[int],
+                 n_conv_per_stage: int | Sequence[int] | None = None,
+                 n_blocks_per_stage: int | Sequence[int] | None = None,
+                 conv_bias: bool = False, norm_op: Type[nn.Module] | None = None,
+                 norm_op_kwargs: dict | None = None, dropout_op: Type[nn.Module] | None = None,
+                 dropout_op_kwargs: dict | None = None, nonlin: Type[nn.Module] | None = None,
+                 nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
+                 encoder_type: str = "plain", modality_width_factor: float | None = None,
+                 fusion_num_heads: int = 4, fusion_token_grid: int = 4, fusion_mlp_ratio: float = 2.0,
+                 **unused_plans_kwargs: Any):
+        super().__init__()
+        if input_channels < 1:
+            raise ValueError(f"DMAFNet needs at least one input modality, got input_channels={input_channels}")
+        if isinstance(features_per_stage, int):
+            features_per_stage = [features_per_stage] * n_stages
+        if isinstance(kernel_sizes, int):
+            kernel_sizes = [kernel_sizes] * n_stages
+        if isinstance(strides, int):
+            strides = [strides] * n_stages
+        self.num_modalities = input_channels
+        self.num_classes = num_classes
+        self.conv_op = conv_op
+        self.spatial_dims = 3 if conv_op == nn.Conv3d else 2
+
+        width = default_modality_width_factor(input_channels) if modality_width_factor is None \
+            else modality_width_factor
+        if not 0 < width <= 4:
+            raise ValueError(f"modality_width_factor must be in (0, 4], got {width}")
+        self.modality_features_per_stage = [max(8, int(round(f * width))) for f in features_per_stage]
+
+        common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
+                      dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
+                      nonlin_kwargs=nonlin_kwargs, return_skips=True)
+        encoders = []
+        for _ in range(input_channels):
+            if encoder_type == "plain":
+                if n_conv_per_stage is None:
+                    raise ValueError("encoder_type 'plain' needs n_conv_per_stage (from the plans)")
+                encoders.append(PlainConvEncoder(1, n_stages, self.modality_features_per_stage, conv_op,
+                                                 kernel_sizes, strides, n_conv_per_stage, **common))
+            elif encoder_type == "residual":
+                if n_blocks_per_stage is None:
+                    raise ValueError("encoder_type 'residual' needs n_blocks_per_stage (from the plans)")
+                encoders.append(ResidualEncoder(1, n_stages, self.modality_features_per_stage, conv_op,
+                                                kernel_sizes, strides, n_blocks_per_stage, **common))
+            else:
+                raise ValueError(f"encoder_type must be 'plain' or 'residual', got {encoder_type!r}")
+        self.encoders = nn.ModuleList(encoders)
+
+        self.fusions = nn.ModuleList([
+            DMAFFusion(input_channels, c_mod, c_out, conv_op, fusion_num_heads, fusion_token_grid,
+                       fusion_mlp_ratio, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs, conv_bias)
+            for c_mod, c_out in zip(self.modality_features_per_stage, features_per_stage)])
+
+        reference = self.encoders[0]
+        spec = DecoderSpec(list(features_per_stage), reference.strides, reference.kernel_sizes, conv_op,
+                           conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
+                           nonlin_kwargs)
+        self.decoder = UNetDecoder(spec, num_classes, n_conv_per_stage_decoder, deep_supervision)
+        self.apply(InitWeights_He(1e-2))
+
+    def check_inputs(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validates x / modality_mask and returns the bool mask [B, M] to use."""
+        expected_ndim = 2 + self.spatial_dims
+        if x.ndim != expected_ndim:
+            raise ValueError(f"DMAFNet ({self.spatial_dims}D) expects input of shape [B, M, {'D, ' if self.spatial_dims == 3 else ''}H, W] "
+                             f"({expected_ndim} dims), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_modalities:
+            raise ValueError(f"DMAFNet was built for {self.num_modalities} modalities (the channels in the plans' "
+                             f"dataset.json), but the input has {x.shape[1]} channels (shape {tuple(x.shape)})")
+        if modality_mask is None:
+            return infer_modality_mask(x)
+        if tuple(modality_mask.shape) != (x.shape[0], self.num_modalities):
+            raise ValueError(f"modality_mask must have shape [B, M] = [{x.shape[0]}, {self.num_modalities}], "
+                             f"got {tuple(modality_mask.shape)}")
+        mask = modality_mask.to(device=x.device, dtype=torch.bool)
+        if not bool(mask.any(1).all()):
+            raise ValueError("modality_mask marks every modality of a sample as missing; at least one must be present")
+        return mask
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        """Runs each modality encoder on the samples that have that modality.
+
+        Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
+        batch = x.shape[0]
+        outputs: list[list[torch.Tensor] | None] = [None] * self.num_modalities
+        for m, encoder in enumerate(self.encoders):
+            rows = torch.nonzero(mask[:, m], as_tuple=False).flatten()
+            if rows.numel() == 0:
+                continue  # missing in the whole batch: no compute, no gradient
+            skips = encoder(x[rows, m:m + 1]) if rows.numel() < batch else encoder(x[:, m:m + 1])
+            if rows.numel() < batch:
+                skips = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
+            outputs[m] = skips
+        reference = next(o for o in outputs if o is not None)  # check_inputs guarantees one
+        return [torch.stack([o[s] if o is not None else torch.zeros_like(ref) for o in outputs], 1)
+                for s, ref in enumerate(reference)]
+
+    def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,
+                return_features: bool = False):
+        """
+        Args:
+            x: [B, M, *S] images, one channel per modality.
+            modality_mask: optional bool [B, M], True = present (None: inferred from zero channels).
+            return_features: also return a :class:`DMAFFeatures` (for distillation losses).
+        Returns:
+            logits [B, K, *S] (list of scales with deep supervision), and the features if requested.
+        """
+        mask = self.check_inputs(x, modality_mask)
+        modality_features = self.encode(x, mask)
+        fused, weights = [], []
+        for fusion, feats in zip(self.fusions, modality_features):
+            f, w = fusion(feats, mask)
+            fused.append(f)
+            weights.append(w)
+        output = self.decoder(fused)
+        if return_features:
+            return output, DMAFFeatures(modality_features, fused, weights, mask)
+        return output
+
+
+def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
+                              input_channels: int, output_channels: int, deep_supervision: bool = True,
+                              **dmaf_kwargs: Any) -> DMAFNet:
+    """Builds DMAFNet from a configuration's ``architecture`` entry of nnU-Net plans.
+
+    Args:
+        arch_class_name: the plans' network class (PlainConvUNet or ResidualEncoderUNet decide the
+            encoder type).
+        arch_kwargs / arch_kwargs_req_import: the plans' ``arch_kwargs`` (strings for classes are
+            resolved as nnU-Net does).
+        input_channels: M, number of modalities. output_channels: segmentation heads.
+        dmaf_kwargs: DMAFNet-specific options (modality_width_factor, fusion_*).
+    """
+    kwargs = dict(arch_kwargs)
+    for key in arch_kwargs_req_import:
+        if kwargs.get(key) is not None and isinstance(kwargs[key], str):
+            located = pydoc.locate(kwargs[key])
+            if located is None:
+                raise ImportError(f"plans entry {key}={kwargs[key]!r} could not be imported")
+            kwargs[key] = located
+    short_name = arch_class_name.split(".")[-1]
+    if short_name == "PlainConvUNet":
+        encoder_type = "plain"
+    elif short_name == "ResidualEncoderUNet":
+        encoder_type = "residual"
+    else:
+        raise ValueError(f"nnUNetTrainerDMAF supports plans with PlainConvUNet or ResidualEncoderUNet, "
+                         f"got network class {arch_class_name!r}")
+    kwargs.update(dmaf_kwargs)
+    return DMAFNet(input_channels, output_channels, deep_supervision=deep_supervision,
+                   encoder_type=encoder_type, **kwargs)

@@ -1,0 +1,1 @@
+"""Training: nnUNetTrainerDMAF and its parts."""
