@@ -6,6 +6,9 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
 * ``modality_mask``: bool [B, M], True = present. ``None`` (how nnU-Net's predictor calls the
   network) infers it from ``x``: a channel that is zero everywhere in a sample is missing. A sample
   whose channels are all zero (e.g. a sliding-window patch in the background) counts as complete.
+* ``inference_modality_mask`` (bool [M], set with :meth:`DMAFNet.set_inference_modality_mask`)
+  replaces the inference from zeros for calls without a mask: the plugin's predictor uses it to pass
+  the declared missing channels through nnU-Net's sliding-window code, which calls ``network(x)``.
 * Each modality's encoder only runs on the samples where that modality is present; the others get
   zero features that the fusion ignores. A modality missing in the whole batch costs no compute and
   its encoder receives no gradient.
@@ -149,6 +152,20 @@ class DMAFNet(nn.Module):
                            nonlin_kwargs)
         self.decoder = UNetDecoder(spec, num_classes, n_conv_per_stage_decoder, deep_supervision)
         self.apply(InitWeights_He(1e-2))
+        self.inference_modality_mask: torch.Tensor | None = None
+
+    def set_inference_modality_mask(self, modality_mask: torch.Tensor | Sequence[bool] | None) -> None:
+        """Fixes the mask ([M] bool, True = present) used when forward gets no mask; None resets to
+        inferring it from all-zero channels."""
+        if modality_mask is None:
+            self.inference_modality_mask = None
+            return
+        mask = torch.as_tensor(modality_mask, dtype=torch.bool).flatten()
+        if mask.numel() != self.num_modalities:
+            raise ValueError(f"inference modality mask needs {self.num_modalities} entries, got {mask.numel()}")
+        if not bool(mask.any()):
+            raise ValueError("inference modality mask marks every modality as missing")
+        self.inference_modality_mask = mask
 
     def check_inputs(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
         """Validates x / modality_mask and returns the bool mask [B, M] to use."""
@@ -159,6 +176,8 @@ class DMAFNet(nn.Module):
         if x.shape[1] != self.num_modalities:
             raise ValueError(f"DMAFNet was built for {self.num_modalities} modalities (the channels in the plans' "
                              f"dataset.json), but the input has {x.shape[1]} channels (shape {tuple(x.shape)})")
+        if modality_mask is None and self.inference_modality_mask is not None:
+            modality_mask = self.inference_modality_mask.to(x.device).unsqueeze(0).expand(x.shape[0], -1)
         if modality_mask is None:
             return infer_modality_mask(x)
         if tuple(modality_mask.shape) != (x.shape[0], self.num_modalities):

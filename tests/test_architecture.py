@@ -1,0 +1,195 @@
+"""Unit tests of DMAF-Net: shapes, masking invariance, skipped encoders, plans building, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from nnunetv2_dmaf.architecture import DMAFFusion, DMAFNet, build_dmaf_net_from_plans, infer_modality_mask
+
+
+def plain_kwargs(dim: int, n_stages: int = 3) -> dict:
+    conv = nn.Conv3d if dim == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+    return dict(n_stages=n_stages, features_per_stage=[8 * 2 ** s for s in range(n_stages)], conv_op=conv,
+                kernel_sizes=3, strides=[1] + [2] * (n_stages - 1), n_conv_per_stage=2,
+                n_conv_per_stage_decoder=[1] * (n_stages - 1), conv_bias=True, norm_op=norm,
+                norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                nonlin_kwargs={"inplace": True})
+
+
+def make_net(num_modalities: int, dim: int = 3, num_classes: int = 3, deep_supervision: bool = False,
+             **kwargs) -> DMAFNet:
+    torch.manual_seed(0)
+    return DMAFNet(num_modalities, num_classes, deep_supervision=deep_supervision,
+                   **plain_kwargs(dim), **kwargs).eval()
+
+
+@pytest.mark.parametrize("dim,spatial", [(2, (32, 24)), (3, (16, 16, 12))])
+@pytest.mark.parametrize("num_modalities", [1, 2, 4])
+def test_output_shapes(dim, spatial, num_modalities):
+    net = make_net(num_modalities, dim, num_classes=3, deep_supervision=True)
+    x = torch.randn(2, num_modalities, *spatial)
+    with torch.no_grad():
+        outputs = net(x)
+    assert isinstance(outputs, list) and len(outputs) == 2  # n_stages - 1 deep-supervision heads
+    assert outputs[0].shape == (2, 3, *spatial)
+    assert outputs[1].shape == (2, 3, *[s // 2 for s in spatial])
+    net.decoder.deep_supervision = False
+    with torch.no_grad():
+        assert net(x).shape == (2, 3, *spatial)
+
+
+def test_output_ignores_content_of_missing_channel():
+    net = make_net(4, 3)
+    x = torch.randn(2, 4, 16, 16, 16)
+    mask = torch.tensor([[True, False, True, True], [False, True, False, False]])
+    tampered = x.clone()
+    tampered[0, 1] = torch.randn(16, 16, 16) * 1000
+    tampered[1, 0] = float("nan")
+    tampered[1, 2:] = 7.0
+    with torch.no_grad():
+        reference = net(x, mask)
+        other = net(tampered, mask)
+    assert torch.isfinite(other).all()
+    assert torch.equal(reference, other)
+
+
+def test_sample_output_does_not_depend_on_other_samples_masks():
+    net = make_net(3, 2)
+    x = torch.randn(3, 3, 32, 32)
+    mask = torch.tensor([[True, True, False], [True, False, True], [False, True, True]])
+    with torch.no_grad():
+        batched = net(x, mask)
+        single = torch.cat([net(x[i:i + 1], mask[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+def test_missing_output_differs_from_complete():
+    net = make_net(4, 3)
+    x = torch.randn(1, 4, 16, 16, 16)
+    with torch.no_grad():
+        complete = net(x, torch.ones(1, 4, dtype=torch.bool))
+        partial = net(x, torch.tensor([[True, True, False, True]]))
+    assert not torch.allclose(complete, partial)
+
+
+def test_missing_encoder_gets_no_gradient_and_is_not_run():
+    net = make_net(4, 3).train()
+    calls = [0] * 4
+    for m, encoder in enumerate(net.encoders):
+        encoder.register_forward_hook(lambda *_, m=m: calls.__setitem__(m, calls[m] + 1))
+    x = torch.randn(2, 4, 16, 16, 16)
+    mask = torch.tensor([[True, False, True, False], [True, False, False, True]])
+    net(x, mask).sum().backward()
+    assert calls == [1, 0, 1, 1]
+    assert all(p.grad is None for p in net.encoders[1].parameters())
+    for m in (0, 2, 3):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders[m].parameters())
+
+
+def test_partially_missing_modality_gets_gradient_only_from_present_samples():
+    net = make_net(2, 2).train()
+    x = torch.randn(2, 2, 32, 32, requires_grad=True)
+    mask = torch.tensor([[True, True], [True, False]])
+    net(x, mask).sum().backward()
+    assert x.grad[1, 1].abs().sum() == 0  # missing channel of sample 1 receives nothing
+    assert x.grad[0, 1].abs().sum() > 0
+
+
+def test_mask_inferred_from_all_zero_channels():
+    x = torch.randn(3, 4, 8, 8)
+    x[0, 2] = 0
+    x[2] = 0  # background patch: every channel zero -> complete
+    mask = infer_modality_mask(x)
+    assert mask.tolist() == [[True, True, False, True], [True] * 4, [True] * 4]
+    net = make_net(4, 2)
+    x = torch.randn(1, 4, 32, 32)
+    x[0, 2] = 0
+    with torch.no_grad():
+        inferred = net(x)
+        explicit = net(x, torch.tensor([[True, True, False, True]]))
+    assert torch.equal(inferred, explicit)
+
+
+def test_inference_modality_mask_replaces_inference():
+    net = make_net(4, 2)
+    x = torch.randn(2, 4, 32, 32)
+    net.set_inference_modality_mask([False, True, True, False])
+    with torch.no_grad():
+        fixed = net(x)
+        explicit = net(x, torch.tensor([[False, True, True, False]] * 2))
+    assert torch.equal(fixed, explicit)
+    net.set_inference_modality_mask(None)
+    with torch.no_grad():
+        assert not torch.equal(net(x), fixed)
+    with pytest.raises(ValueError, match="every modality"):
+        net.set_inference_modality_mask([False] * 4)
+
+
+def test_fusion_weights_are_attention_distribution_over_present_modalities():
+    fusion = DMAFFusion(3, 8, 8, nn.Conv3d, num_heads=2, token_grid=2,
+                        norm_op=nn.InstanceNorm3d, nonlin=nn.LeakyReLU).eval()
+    feats = torch.randn(2, 3, 8, 6, 6, 6)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    with torch.no_grad():
+        fused, weights = fusion(feats, mask)
+    assert fused.shape == (2, 8, 6, 6, 6)
+    assert weights.shape == (2, 3, 2, 2, 2)
+    assert torch.all(weights[0, 1] == 0) and torch.all(weights[1, :2] == 0)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2, 2, 2, 2))
+    torch.testing.assert_close(weights[1, 2], torch.ones(2, 2, 2))
+
+
+def test_fewer_modalities_run_fewer_encoder_flops():
+    from torch.utils.flop_counter import FlopCounterMode
+    net = make_net(4, 3)
+    x = torch.randn(1, 4, 16, 16, 16)
+    flops = []
+    for present in (4, 1):
+        mask = torch.tensor([[m < present for m in range(4)]])
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            net(x, mask)
+        flops.append(counter.get_total_flops())
+    assert flops[1] < flops[0]
+
+
+def test_bad_inputs_raise_clear_errors():
+    net = make_net(4, 3)
+    with pytest.raises(ValueError, match="built for 4 modalities.*3 channels"):
+        net(torch.randn(1, 3, 16, 16, 16))
+    with pytest.raises(ValueError, match=r"modality_mask must have shape \[B, M\] = \[1, 4\]"):
+        net(torch.randn(1, 4, 16, 16, 16), torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="every modality of a sample"):
+        net(torch.randn(1, 4, 16, 16, 16), torch.zeros(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="expects input of shape"):
+        net(torch.randn(1, 4, 16, 16))
+
+
+def test_build_from_plans_plain_and_residual():
+    plain = {
+        "n_stages": 3, "features_per_stage": [16, 32, 64], "conv_op": "torch.nn.modules.conv.Conv2d",
+        "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2], "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True}}
+    req = ["conv_op", "norm_op", "dropout_op", "nonlin"]
+    net = build_dmaf_net_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                                    plain, req, 4, 2, deep_supervision=False)
+    assert len(net.encoders) == 4 and net.modality_features_per_stage == [8, 16, 32]
+    # the decoder has the plans' widths, as nnU-Net's own U-Net
+    assert net.decoder.seg_layers[-1].in_channels == 16
+    with torch.no_grad():
+        assert net(torch.randn(1, 4, 32, 32)).shape == (1, 2, 32, 32)
+
+    residual = dict(plain)
+    residual.pop("n_conv_per_stage")
+    residual["n_blocks_per_stage"] = [1, 2, 2]
+    net = build_dmaf_net_from_plans("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
+                                    residual, req, 2, 3, deep_supervision=True)
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 32, 32))[0].shape == (1, 3, 32, 32)
+
+    with pytest.raises(ValueError, match="supports plans with PlainConvUNet or ResidualEncoderUNet"):
+        build_dmaf_net_from_plans("some.other.Net", plain, req, 4, 2)
