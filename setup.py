@@ -49,6 +49,9 @@ setup(
         "console_scripts": [
             "nnUNetv2_dmaf_make_demo_dataset = nnunetv2_dmaf.demo_data:main",
             "nnUNetv2_dmaf_trainer_path = nnunetv2_dmaf_register:main",
+            "nnUNetv2_dmaf_make_availability_table = nnunetv2_dmaf.training.make_availability_table:main",
+            "nnUNetv2_dmaf_predict = nnunetv2_dmaf.inference.predict:main",
+            "nnUNetv2_dmaf_evaluate_subsets = nnunetv2_dmaf.evaluation.subset_evaluation:main",
             "nnUNetv2_dmaf_convert_brats = dataset_conversion.convert_brats:main",
             "nnUNetv2_dmaf_brats_to_submission = dataset_conversion.convert_brats:main_to_submission",
             "nnUNetv2_dmaf_convert_myops = dataset_conversion.convert_myops2020:main",
