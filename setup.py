@@ -39,6 +39,7 @@ setup(
         "dynamic-network-architectures>=0.4",
         "batchgeneratorsv2>=0.3",
         "SimpleITK>=2.2",
+        "nibabel",
         "numpy",
         "pandas",
         "matplotlib",

@@ -1,0 +1,352 @@
+"""Helpers shared by the conversion scripts: the error type, staged (all-or-nothing) output folders,
+validated NIfTI reading, geometry checks, label remapping, dataset.json and the common CLI options.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import uuid
+import warnings
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import nibabel
+import numpy as np
+import SimpleITK as sitk
+
+FILE_ENDING = ".nii.gz"
+#: absolute tolerance (mm for the origin, unitless for direction cosines) between channels/labels
+DEFAULT_GEOMETRY_TOLERANCE = 1e-4
+DEFAULT_NUM_PROCESSES = max(1, min(4, os.cpu_count() or 1))
+_MAX_LISTED = 20
+
+
+class ConversionError(ValueError):
+    """Invalid input (missing, corrupt or inconsistent file) or refused output; names the file/case."""
+
+
+def format_list(items: Iterable[object], limit: int = _MAX_LISTED) -> str:
+    """Indented multi-line listing of ``items`` (at most ``limit`` shown)."""
+    items = [str(i) for i in items]
+    shown = [f"\n  {i}" for i in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"\n  ... and {len(items) - limit} more")
+    return "".join(shown)
+
+
+# ----------------------------------------------------------------------------------------- output
+def output_root(path: str | os.PathLike | None, option: str = "--output-root") -> Path:
+    """``path`` if given, else ``$nnUNet_raw`` (via ``nnunetv2.paths``)."""
+    if path is not None:
+        return Path(path)
+    from nnunetv2.paths import nnUNet_raw
+    if not nnUNet_raw:
+        raise ConversionError(f"nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw or pass {option}")
+    return Path(os.fspath(nnUNet_raw))
+
+
+def dataset_folder(root: Path, dataset_id: int, name: str) -> Path:
+    """``root/DatasetNNN_name`` after validating id and name."""
+    if not 1 <= dataset_id <= 999:
+        raise ConversionError(f"dataset id must be in 1..999, got {dataset_id}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ConversionError(f"invalid dataset name {name!r} (use letters, digits, '_', '-', '.')")
+    return root / f"Dataset{dataset_id:03d}_{name}"
+
+
+def check_output_target(target: Path, overwrite: bool) -> None:
+    """Refuses an existing ``target`` (unless ``overwrite``) and a dataset id used by another name."""
+    if target.exists() and not target.is_dir():
+        raise ConversionError(f"output {target} exists and is not a folder")
+    if target.exists() and not overwrite:
+        raise ConversionError(f"output {target} already exists; pass --overwrite to replace it")
+    prefix = target.name.split("_", 1)[0] + "_"  # "Dataset520_"
+    if target.parent.is_dir():
+        others = sorted(p.name for p in target.parent.iterdir() if p.name.startswith(prefix) and p != target)
+        if others:
+            raise ConversionError(f"dataset id {prefix[len('Dataset'):-1]} is already used by {', '.join(others)} in "
+                                  f"{target.parent}; choose another id with -d")
+
+
+@contextmanager
+def staged_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a new empty folder next to ``target``; when the block succeeds it becomes ``target``
+    (replacing an existing one only if ``overwrite``), when it fails it is deleted."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        if target.exists():
+            if not overwrite:
+                raise ConversionError(f"output {target} appeared during the conversion; not replacing it")
+            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(target, old)
+            try:
+                os.rename(staging, target)
+            except BaseException:
+                os.rename(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_files(folder: Path) -> Iterator[Path]:
+    """Yields a new empty folder next to ``folder``; when the block succeeds its files are moved into
+    ``folder`` (created if needed, same-named files replaced), when it fails it is deleted."""
+    if not folder.exists():
+        with staged_folder(folder) as staging:
+            yield staging
+        return
+    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------- reading
+class _HasGeometry(Protocol):
+    def GetSize(self) -> tuple: ...
+    def GetSpacing(self) -> tuple: ...
+    def GetOrigin(self) -> tuple: ...
+    def GetDirection(self) -> tuple: ...
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raises if a NIfTI file has an unreadable header, broken gzip data or too few data bytes
+    (SimpleITK silently reads truncated files)."""
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with warnings.catch_warnings():  # nibabel's header-quirk warnings are noise here
+            warnings.simplefilter("ignore")
+            header = nibabel.load(str(path)).header
+        expected = int(header.get_data_offset()) + \
+            int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    except Exception as e:  # nibabel raises various types for garbage input
+        raise ConversionError(f"cannot read {path}: not a valid NIfTI file ({type(e).__name__}: {e})") from None
+    if name.endswith(".gz"):
+        size = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while chunk := f.read(1 << 22):
+                    size += len(chunk)
+        except (OSError, EOFError, zlib.error) as e:
+            raise ConversionError(f"cannot read {path}: corrupt or truncated gzip data ({e})") from None
+    else:
+        size = path.stat().st_size
+    if size < expected:
+        raise ConversionError(f"cannot read {path}: truncated NIfTI file ({size} bytes, expected {expected})")
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConversionError(f"missing file: {path}")
+
+
+def read_header(path: Path) -> sitk.ImageFileReader:
+    """Geometry of a complete, readable image without loading its voxels."""
+    _require_file(path)
+    _check_nifti_complete(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise ConversionError(f"cannot read {path}: {_sitk_message(e)}") from None
+    return reader
+
+
+def read_image(path: Path) -> sitk.Image:
+    """The image at ``path``; ConversionError naming it if missing, truncated or unreadable."""
+    _require_file(path)
+    _check_nifti_complete(path)
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ConversionError(f"cannot read {path}: {_sitk_message(e)}") from None
+
+
+def _sitk_message(error: RuntimeError) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else "unreadable image"
+
+
+def check_same_geometry(image: _HasGeometry, path: Path, reference: _HasGeometry, reference_path: Path,
+                        tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> None:
+    """Same size; spacing equal as strictly as nnU-Net requires (np.allclose defaults); origin and
+    direction equal within ``tolerance`` (absolute) + 1e-5 (relative)."""
+    problems = []
+    if tuple(image.GetSize()) != tuple(reference.GetSize()):
+        problems.append(f"size {image.GetSize()} vs {reference.GetSize()}")
+    else:
+        checks = (("spacing", image.GetSpacing(), reference.GetSpacing(), 1e-8),
+                  ("origin", image.GetOrigin(), reference.GetOrigin(), tolerance),
+                  ("direction", image.GetDirection(), reference.GetDirection(), tolerance))
+        for what, a, b, atol in checks:
+            if not np.allclose(a, b, rtol=1e-5, atol=atol):
+                problems.append(f"{what} {_fmt(a)} vs {_fmt(b)}")
+    if problems:
+        raise ConversionError(f"{path}: geometry differs from {reference_path}: {'; '.join(problems)}")
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+# --------------------------------------------------------------------------------------- writing
+def copy_image(src: Path, dst: Path) -> None:
+    """Writes an image already validated by ``read_header`` as ``dst`` (.nii.gz): a byte copy for
+    .nii.gz sources (data, dtype and header unchanged), otherwise a SimpleITK read/write."""
+    if src.name.lower().endswith(".nii.gz"):
+        shutil.copyfile(src, dst)
+    else:
+        sitk.WriteImage(read_image(src), str(dst), True)
+
+
+def label_values(image: sitk.Image, path: Path, allowed: Iterable[int]) -> np.ndarray:
+    """Voxel array of a label image after checking every value is one of ``allowed``."""
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"{path}: label image has {image.GetNumberOfComponentsPerPixel()} components, "
+                              f"expected 1")
+    array = sitk.GetArrayFromImage(image)
+    allowed = sorted(set(int(a) for a in allowed))
+    values = np.unique(array)
+    bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in allowed)]
+    if bad:
+        shown = ", ".join(f"{int(v)}" if float(v).is_integer() else f"{v:g}" for v in bad[:10])
+        raise ConversionError(f"{path}: unexpected label values {shown}; expected only {allowed}")
+    return array
+
+
+def remap_labels(array: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """uint8 array with ``mapping[v]`` for every voxel value ``v`` (all values must be keys)."""
+    out = np.zeros(array.shape, dtype=np.uint8)
+    for src, dst in mapping.items():
+        out[array == src] = dst
+    return out
+
+
+def write_label(array: np.ndarray, geometry_from: sitk.Image, dst: Path) -> None:
+    """Writes ``array`` as uint8 with the geometry (spacing, origin, direction) of ``geometry_from``."""
+    image = sitk.GetImageFromArray(array.astype(np.uint8, copy=False))
+    image.CopyInformation(geometry_from)
+    sitk.WriteImage(image, str(dst), True)
+
+
+def convert_label_file(src: Path, dst: Path, mapping: Mapping[int, int],
+                       reference: _HasGeometry | None = None, reference_path: Path | None = None,
+                       tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> None:
+    """Reads a label file, checks values (keys of ``mapping``) and geometry, writes remapped uint8."""
+    image = read_image(src)
+    if reference is not None:
+        check_same_geometry(image, src, reference, reference_path, tolerance)
+    write_label(remap_labels(label_values(image, src, mapping.keys()), mapping), image, dst)
+
+
+# ---------------------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class CaseFiles:
+    """Source files of one case: images in nnU-Net channel order, optional label."""
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+
+def convert_case(case: CaseFiles, images_dir: Path, labels_dir: Path | None, label_mapping: Mapping[int, int],
+                 tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> None:
+    """Writes ``images_dir/<case>_<XXXX>.nii.gz`` (+ ``labels_dir/<case>.nii.gz``) after checking
+    that all channels and the label are readable and share the first channel's geometry."""
+    reference = read_header(case.images[0])
+    for path in case.images[1:]:
+        check_same_geometry(read_header(path), path, reference, case.images[0], tolerance)
+    for channel, path in enumerate(case.images):
+        copy_image(path, images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}")
+    if case.label is not None and labels_dir is not None:
+        convert_label_file(case.label, labels_dir / f"{case.case_id}{FILE_ENDING}", label_mapping,
+                           reference, case.images[0], tolerance)
+
+
+def missing_files(cases: Iterable[CaseFiles]) -> list[Path]:
+    return [p for c in cases for p in (*c.images, *([c.label] if c.label else [])) if not p.is_file()]
+
+
+def run_tasks(function: Callable[..., object], tasks: Sequence[tuple], num_processes: int) -> None:
+    """Calls ``function(*task)`` for every task, in worker processes if ``num_processes > 1``;
+    re-raises the first error (in task order) after cancelling pending tasks."""
+    if num_processes <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            function(*task)
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(num_processes, len(tasks)), mp_context=context) as pool:
+        futures = [pool.submit(function, *task) for task in tasks]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+def write_dataset_json(folder: Path, channel_names: Sequence[str], labels: Mapping[str, int | tuple[int, ...]],
+                       num_training: int, regions_class_order: Sequence[int] | None, **metadata: object) -> None:
+    """dataset.json via nnU-Net's own ``generate_dataset_json`` (channel index = position)."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    generate_dataset_json(str(folder), {i: name for i, name in enumerate(channel_names)}, dict(labels),
+                          num_training, FILE_ENDING,
+                          regions_class_order=tuple(regions_class_order) if regions_class_order else None,
+                          converted_by="nnunetv2_dmaf dataset_conversion", **metadata)
+
+
+# -------------------------------------------------------------------------------------------- CLI
+def add_output_arguments(parser: argparse.ArgumentParser, default_id: int | None, default_name: str | None,
+                         id_help: str | None = None, name_help: str | None = None) -> None:
+    """-d/--dataset-id, -n/--name, --output-root, --overwrite, -np, --geometry-tolerance
+    (``*_help``: how the default is shown, for defaults that depend on other options)."""
+    parser.add_argument("-d", "--dataset-id", type=int, default=default_id,
+                        help=f"nnU-Net dataset id (default: {id_help or default_id})")
+    parser.add_argument("-n", "--name", default=default_name,
+                        help="dataset name, the output folder is DatasetNNN_NAME "
+                             f"(default: {name_help or default_name})")
+    parser.add_argument("--output-root", default=None,
+                        help="folder in which DatasetNNN_NAME is created (default: $nnUNet_raw)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing DatasetNNN_NAME folder")
+    add_processes_argument(parser)
+    parser.add_argument("--geometry-tolerance", type=float, default=DEFAULT_GEOMETRY_TOLERANCE,
+                        help="absolute tolerance for origin/direction differences between the channels and "
+                             f"the label of a case (default: {DEFAULT_GEOMETRY_TOLERANCE}); sizes must match "
+                             "exactly and spacings as strictly as nnU-Net requires")
+
+
+def add_processes_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-np", "--num-processes", type=int, default=DEFAULT_NUM_PROCESSES,
+                        help=f"worker processes (default: {DEFAULT_NUM_PROCESSES})")
+
+
+def run_cli(function: Callable[..., object], *args: object, **kwargs: object) -> object:
+    """Runs ``function``; a ConversionError becomes ``error: <message>`` on stderr and exit code 1."""
+    try:
+        return function(*args, **kwargs)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
