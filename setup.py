@@ -40,6 +40,7 @@ setup(
         "batchgeneratorsv2>=0.3",
         "SimpleITK>=2.2",
         "nibabel",
+        "scipy",
         "numpy",
         "pandas",
         "matplotlib",

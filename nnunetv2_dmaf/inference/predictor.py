@@ -1,0 +1,132 @@
+"""nnU-Net's predictor with an explicit modality mask, and the model options shared by the CLIs.
+
+:class:`DMAFPredictor` is :class:`nnunetv2.inference.predict_from_raw_data.nnUNetPredictor` (same
+preprocessing, sliding window, test-time mirroring, fold ensembling and export) plus:
+
+* :meth:`DMAFPredictor.modality_mask`: a context in which every network call of nnU-Net's sliding
+  window uses the given mask (``DMAFNet.set_inference_modality_mask``), instead of inferring missing
+  modalities from all-zero channels;
+* :meth:`DMAFPredictor.preprocess` / :meth:`DMAFPredictor.predict_logits` /
+  :meth:`DMAFPredictor.logits_to_segmentation`: one case in memory, preprocessed once and predicted
+  with any mask (used by the subset evaluation).
+
+Imports torch and nnU-Net: the CLIs import this module only once their arguments are checked.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+from contextlib import contextmanager
+from copy import deepcopy
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from nnunetv2_dmaf.inference.modalities import channel_names_from_dataset_json
+from nnunetv2_dmaf.inference.model_options import model_folder_from_args
+
+
+class DMAFPredictor(nnUNetPredictor):
+    """nnUNetPredictor for DMAF-Net models with per-case modality masks."""
+
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name:
+                                             str = "checkpoint_final.pth") -> None:
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        if self.dmaf_network is None:
+            print(f"Note: trainer {self.trainer_name} has network {type(self.network).__name__}, not a DMAF-Net: "
+                  f"missing channels are given to it as zeros, without a modality mask (as for a baseline).")
+        if self.configuration_manager.previous_stage_name is not None:
+            raise ValueError("cascade configurations (with a previous stage) are not supported by the DMAF tools")
+
+    @property
+    def dmaf_network(self):
+        """The DMAFNet (unwrapped from torch.compile), or None for other networks (e.g. nnU-Net's
+        own U-Net from nnUNetTrainer), which then only see the missing channels as zeros."""
+        network = getattr(self.network, "_orig_mod", self.network)
+        return network if hasattr(network, "set_inference_modality_mask") else None
+
+    @property
+    def channel_names(self) -> list[str]:
+        return channel_names_from_dataset_json(self.dataset_json)
+
+    @contextmanager
+    def modality_mask(self, mask: Sequence[bool]) -> Iterator[None]:
+        """Within the context, the network treats the channels where ``mask`` is False as missing."""
+        self.set_modality_mask(mask)
+        try:
+            yield
+        finally:
+            self.set_modality_mask(None)
+
+    def set_modality_mask(self, mask: Sequence[bool] | None) -> None:
+        """Fixes (or with None resets) the mask used by all following network calls."""
+        if self.dmaf_network is not None:
+            self.dmaf_network.set_inference_modality_mask(None if mask is None else list(mask))
+
+    def preprocess(self, data: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
+        """nnU-Net's preprocessing of one case ([M, *S] raw intensities, reader properties)."""
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
+        preprocessed, _, properties = preprocessor.run_case_npy(data, None, deepcopy(properties), self.plans_manager,
+                                                                self.configuration_manager, self.dataset_json)
+        return torch.from_numpy(preprocessed).to(dtype=torch.float32, memory_format=torch.contiguous_format), \
+            properties
+
+    def predict_logits(self, data: torch.Tensor, mask: Sequence[bool]) -> torch.Tensor:
+        """Logits (preprocessed geometry) of a preprocessed case with the channels absent in ``mask``
+        set to zero and declared missing to the network."""
+        data = zero_missing_channels(data, mask)
+        with self.modality_mask(mask):
+            return self.predict_logits_from_preprocessed_data(data)
+
+    def logits_to_segmentation(self, logits: torch.Tensor, properties: dict) -> np.ndarray:
+        """Segmentation in the original image geometry (as nnU-Net exports it, before writing)."""
+        return convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, properties)
+
+
+def zero_missing_channels(data: torch.Tensor, mask: Sequence[bool]) -> torch.Tensor:
+    """A copy of ``data`` [M, *S] with channels whose mask entry is False set to 0 (no copy if none)."""
+    if len(mask) != data.shape[0]:
+        raise ValueError(f"modality mask has {len(mask)} entries but the data has {data.shape[0]} channels")
+    missing = [i for i, present in enumerate(mask) if not present]
+    if not missing:
+        return data
+    data = data.clone()
+    data[missing] = 0
+    return data
+
+
+# ---------------------------------------------------------------------------------------- CLI helpers
+def torch_device(name: str) -> torch.device:
+    """nnUNetv2_predict's device set-up (thread counts included)."""
+    if name == "cpu":
+        torch.set_num_threads(multiprocessing.cpu_count())
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("-device cuda was requested but CUDA is not available; use -device cpu")
+        torch.set_num_threads(1)
+        return torch.device("cuda")
+    return torch.device("mps")
+
+
+def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
+    """Builds and loads the predictor for the CLI options of
+    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
+    folder = model_folder_from_args(args)
+    folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
+    for fold in folds or []:
+        checkpoint = folder / f"fold_{fold}" / args.chk
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (check -f and -chk)")
+    predictor = DMAFPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
+                              perform_everything_on_device=True, device=torch_device(args.device),
+                              verbose=args.verbose, verbose_preprocessing=args.verbose,
+                              allow_tqdm=(not args.disable_progress_bar) if allow_tqdm is None else allow_tqdm)
+    predictor.initialize_from_trained_model_folder(str(folder), folds, args.chk)
+    if not predictor.list_of_parameters:
+        raise FileNotFoundError(f"no fold_X/{args.chk} found in {folder}")
+    return predictor

@@ -1,0 +1,198 @@
+"""End to end: nnUNetv2_dmaf_predict on cases with absent channels and bad input (real CLI, CPU).
+
+Uses the trained ``demo_model`` (conftest); every test writes under its own ``tmp_path``.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import CONFIGURATION, DATASET_ID, FOLD, TRAINER
+
+FULL, PARTIAL = "DMAFDemo_008", "DMAFDemo_009"  # test cases of the demo dataset
+T1CE = 1
+COMMON = ["-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", str(FOLD), "-tr", TRAINER, "-device", "cpu",
+          "--disable_tta", "-npp", "1"]
+
+
+def images_ts(demo_model) -> Path:
+    return demo_model.dataset_folder / "imagesTs"
+
+
+def copy_case(source: Path, case_id: str, target: Path, new_id: str | None = None,
+              channels=range(4)) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for c in channels:
+        shutil.copy(source / f"{case_id}_{c:04d}.nii.gz", target / f"{new_id or case_id}_{c:04d}.nii.gz")
+
+
+def write_like(reference: Path, array: np.ndarray, target: Path, spacing=None, origin=None) -> None:
+    """Writes ``array`` with the geometry of ``reference`` (optionally changed)."""
+    ref = sitk.ReadImage(str(reference))
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing or ref.GetSpacing())
+    image.SetOrigin(origin or ref.GetOrigin())
+    image.SetDirection(ref.GetDirection())
+    sitk.WriteImage(image, str(target), True)
+
+
+def read(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def dmaf_predict(demo_model, input_folder: Path, output_folder: Path, *extra: str,
+                 check: bool = True) -> subprocess.CompletedProcess:
+    return demo_model.run("nnUNetv2_dmaf_predict", "-i", str(input_folder), "-o", str(output_folder),
+                          *COMMON, *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def absent_channel_prediction(demo_model, tmp_path_factory):
+    """FULL complete and PARTIAL without its T1ce file, predicted by nnUNetv2_dmaf_predict."""
+    root = tmp_path_factory.mktemp("absent")
+    source = images_ts(demo_model)
+    copy_case(source, FULL, root / "in")
+    copy_case(source, PARTIAL, root / "in", channels=[0, 2, 3])
+    result = dmaf_predict(demo_model, root / "in", root / "out", "-nps", "1")
+    return root, result
+
+
+def test_absent_channel_file_is_predicted_as_missing(absent_channel_prediction):
+    root, result = absent_channel_prediction
+    assert f"{PARTIAL}: present: T1, T2, FLAIR; missing (no file): T1ce" in result.stdout
+    assert f"{FULL}: present: T1, T1ce, T2, FLAIR" in result.stdout
+    assert sorted(p.name for p in (root / "out").glob("*.nii.gz")) == [f"{FULL}.nii.gz", f"{PARTIAL}.nii.gz"]
+    for name in ("dataset.json", "plans.json", "dmaf_predict_args.json"):
+        assert (root / "out" / name).is_file()
+
+
+def test_nnunet_predict_with_zero_filled_channel_gives_the_same_segmentation(demo_model, absent_channel_prediction,
+                                                                               tmp_path):
+    """The documented convention for plain nnUNetv2_predict (zero image) == the plugin's absent file."""
+    root, _ = absent_channel_prediction
+    source = images_ts(demo_model)
+    zero_in = tmp_path / "in"
+    copy_case(source, FULL, zero_in)
+    copy_case(source, PARTIAL, zero_in, channels=[0, 2, 3])
+    t1 = source / f"{PARTIAL}_0000.nii.gz"
+    write_like(t1, np.zeros_like(read(t1)[0]), zero_in / f"{PARTIAL}_0001.nii.gz")
+    demo_model.run("nnUNetv2_predict", "-i", str(zero_in), "-o", str(tmp_path / "out"), *COMMON, "-nps", "1")
+    for case in (FULL, PARTIAL):
+        ours, ours_image = read(root / "out" / f"{case}.nii.gz")
+        nnunet, nnunet_image = read(tmp_path / "out" / f"{case}.nii.gz")
+        assert ours.dtype == nnunet.dtype and ours.shape == nnunet.shape
+        assert ours_image.GetSpacing() == nnunet_image.GetSpacing()
+        assert ours_image.GetOrigin() == nnunet_image.GetOrigin()
+        assert ours_image.GetDirection() == nnunet_image.GetDirection()
+        np.testing.assert_array_equal(ours, nnunet, err_msg=case)
+
+
+def test_missing_option_equals_absent_file(demo_model, absent_channel_prediction, tmp_path):
+    root, _ = absent_channel_prediction
+    copy_case(images_ts(demo_model), PARTIAL, tmp_path / "in")  # all four files present
+    result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", "--missing", "t1CE", "-nps", "0")
+    assert f"{PARTIAL}: present: T1, T2, FLAIR; missing (--missing): T1ce" in result.stdout
+    np.testing.assert_array_equal(read(tmp_path / "out" / f"{PARTIAL}.nii.gz")[0],
+                                  read(root / "out" / f"{PARTIAL}.nii.gz")[0])
+
+
+def test_bad_inputs_are_reported_by_case_and_file_and_other_cases_still_predicted(demo_model, tmp_path):
+    source, folder = images_ts(demo_model), tmp_path / "in"
+    copy_case(source, FULL, folder)
+    # an extra channel beyond the model's four
+    copy_case(source, PARTIAL, folder, "ExtraChannel_001")
+    shutil.copy(source / f"{PARTIAL}_0000.nii.gz", folder / "ExtraChannel_001_0004.nii.gz")
+    # one channel with another shape
+    copy_case(source, PARTIAL, folder, "ShapeMismatch_002", channels=[0, 1, 3])
+    t2 = read(source / f"{PARTIAL}_0002.nii.gz")[0]
+    write_like(source / f"{PARTIAL}_0002.nii.gz", np.ascontiguousarray(t2[:, :, :-4]),
+               folder / "ShapeMismatch_002_0002.nii.gz")
+    # one channel with another spacing
+    copy_case(source, PARTIAL, folder, "SpacingMismatch_003", channels=[0, 1, 2])
+    flair = read(source / f"{PARTIAL}_0003.nii.gz")[0]
+    write_like(source / f"{PARTIAL}_0003.nii.gz", flair, folder / "SpacingMismatch_003_0003.nii.gz",
+               spacing=(1.0, 1.0, 1.5))
+    # one channel with another origin
+    copy_case(source, PARTIAL, folder, "OriginMismatch_004", channels=[1, 2, 3])
+    write_like(source / f"{PARTIAL}_0000.nii.gz", read(source / f"{PARTIAL}_0000.nii.gz")[0],
+               folder / "OriginMismatch_004_0000.nii.gz", origin=(5.0, 0.0, 0.0))
+    # a file that is not an image
+    copy_case(source, PARTIAL, folder, "NotAnImage_005", channels=[0, 2, 3])
+    (folder / "NotAnImage_005_0001.nii.gz").write_bytes(b"this is not a NIfTI file\x00\x01\x02" * 10)
+    # a file without the _XXXX channel suffix
+    shutil.copy(source / f"{PARTIAL}_0000.nii.gz", folder / "NoChannelSuffix.nii.gz")
+
+    result = dmaf_predict(demo_model, folder, tmp_path / "out", "-nps", "0", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    errors = result.stderr
+    expectations = {
+        "ExtraChannel_001": ("ExtraChannel_001_0004.nii.gz", "channel index 0004 does not exist"),
+        "ShapeMismatch_002": ("ShapeMismatch_002_0002.nii.gz", "shape"),
+        "SpacingMismatch_003": ("SpacingMismatch_003_0003.nii.gz", "spacing"),
+        "OriginMismatch_004": ("OriginMismatch_004_0000.nii.gz", "origin"),
+        "NotAnImage_005": ("NotAnImage_005_0001.nii.gz", "could not be read as an image"),
+        "NoChannelSuffix": ("NoChannelSuffix.nii.gz", "CASE_XXXX"),
+    }
+    for case, (file_name, reason) in expectations.items():
+        lines = [line for line in errors.splitlines() if line.startswith("ERROR") and f"case '{case}'" in line]
+        assert lines, f"no error line for {case}:\n{errors}"
+        assert file_name in lines[0] and reason in lines[0], lines[0]
+        assert not (tmp_path / "out" / f"{case}.nii.gz").exists()
+    assert "6 case(s) failed" in errors
+    assert (tmp_path / "out" / f"{FULL}.nii.gz").is_file()
+    assert f"predicted {FULL}" in result.stdout
+
+
+def test_existing_output_is_not_overwritten_unless_asked(demo_model, tmp_path):
+    source, folder, out = images_ts(demo_model), tmp_path / "in", tmp_path / "out"
+    copy_case(source, FULL, folder)
+    copy_case(source, PARTIAL, folder)
+    out.mkdir()
+    existing = out / f"{FULL}.nii.gz"
+    write_like(source / f"{FULL}_0000.nii.gz", np.full(read(source / f"{FULL}_0000.nii.gz")[0].shape, 7, np.uint8),
+               existing)
+    before = existing.read_bytes()
+
+    refused = dmaf_predict(demo_model, folder, out, "-nps", "0", check=False)
+    assert refused.returncode == 1
+    assert f"case '{FULL}', file {existing}: output already exists" in refused.stderr
+    assert "--overwrite" in refused.stderr
+    assert existing.read_bytes() == before
+    assert (out / f"{PARTIAL}.nii.gz").is_file()  # the other case is still predicted
+
+    skipped = dmaf_predict(demo_model, folder, out, "-nps", "0", "--continue_prediction")
+    assert f"skipped   {FULL}" in skipped.stdout and f"skipped   {PARTIAL}" in skipped.stdout
+    assert existing.read_bytes() == before
+
+    dmaf_predict(demo_model, folder, out, "-nps", "0", "--overwrite")
+    assert set(np.unique(read(existing)[0])) <= {0, 1, 2, 3}
+
+
+def test_usage_errors(demo_model, tmp_path):
+    copy_case(images_ts(demo_model), FULL, tmp_path / "in")
+    result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", "--missing", "T3", check=False)
+    assert result.returncode == 2 and "unknown channel 'T3'" in result.stderr and "1=T1ce" in result.stderr
+    result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", "--missing", "T1", "T1ce", "T2", "FLAIR",
+                          check=False)
+    assert result.returncode == 2 and "every channel" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_inference_cost_benchmark_runs_and_skips_encoders(demo_model):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_cost.py"
+    plans = demo_model.preprocessed / "Dataset990_DMAFDemo" / "nnUNetPlans.json"
+    result = subprocess.run([sys.executable, str(script), "--plans", str(plans), "--patch", "16", "16", "16",
+                             "--repeats", "1"], capture_output=True, text=True, timeout=300, check=True)
+    assert "4 modalities" in result.stdout and "patch [16, 16, 16]" in result.stdout
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "present" not in line]
+    assert [int(r[1]) for r in rows] == [1, 2, 3, 4]
+    assert [int(r[3]) for r in rows] == [1, 2, 3, 4]  # encoder calls = present modalities
+    flops = [float(r[4]) for r in rows]
+    assert flops == sorted(flops) and flops[0] < flops[-1]
