@@ -12,7 +12,7 @@ from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, 
 from nnunetv2_dmaf.evaluation.regions import Region, regions_from_dataset_json
 from nnunetv2_dmaf.evaluation.report import MEAN_ROW, OUTPUT_FILES, markdown_table, summarize, write_report
 from nnunetv2_dmaf.evaluation.subset_evaluation import parse_penalty, score_case
-from nnunetv2_dmaf.inference.modalities import (all_modality_subsets, channel_names_from_dataset_json,
+from nnunetv2_dmaf.modalities import (all_modality_subsets, channel_names_from_dataset_json,
                                                 mask_from_missing, parse_channels, subset_name)
 
 NAMES = ["T1", "T1ce", "T2", "FLAIR"]

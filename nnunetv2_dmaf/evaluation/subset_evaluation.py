@@ -38,7 +38,7 @@ from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, 
 from nnunetv2_dmaf.evaluation.regions import Region, ignore_label_from_dataset_json, regions_from_dataset_json
 from nnunetv2_dmaf.evaluation.report import OUTPUT_FILES, metric_columns, summarize, write_report
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
-from nnunetv2_dmaf.inference.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
+from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
                                                 subset_name)
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
 

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.inference.modalities import ModalityMask
+from nnunetv2_dmaf.modalities import ModalityMask
 
 CASE_FILE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 #: absolute tolerances for comparing the geometry of a case's channel files

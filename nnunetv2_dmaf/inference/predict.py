@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
-from nnunetv2_dmaf.inference.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
+from nnunetv2_dmaf.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when a model is loaded (fast usage errors)

@@ -25,7 +25,7 @@ import torch
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from nnunetv2_dmaf.inference.modalities import channel_names_from_dataset_json
+from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 from nnunetv2_dmaf.inference.model_options import model_folder_from_args
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from nnunetv2_dmaf.availability import availability_table_path, write_availability_table
-from nnunetv2_dmaf.training.modality_dropout import (channel_names_from_dataset_json, parse_missing_rates,
-                                                     sample_modality_mask)
+from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
+from nnunetv2_dmaf.training.modality_dropout import parse_missing_rates, sample_modality_mask
 
 
 def sample_availability_table(case_ids: Sequence[str], missing_rates: np.ndarray, seed: int = 0

@@ -31,19 +31,12 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
+from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 
 ENV_MISSING_RATES = "nnUNet_dmaf_missing_rates"
 ENV_AVAILABILITY_TABLE = "nnUNet_dmaf_availability_table"
 TABLE_FILENAME = AVAILABILITY_FILENAME
 _DISABLED_VALUES = ("", "none", "off", "0", "false")
-
-
-def channel_names_from_dataset_json(dataset_json: Mapping[str, Any]) -> list[str]:
-    """Modality names in channel order from dataset.json (``channel_names``, or legacy ``modality``)."""
-    names = dataset_json.get("channel_names", dataset_json.get("modality"))
-    if not names:
-        raise ValueError("dataset.json has no 'channel_names': cannot map modality names to channels")
-    return [str(names[k]) for k in sorted(names, key=int)]
 
 
 def _name_index(channel_names: Sequence[str]) -> dict[str, int]:
