@@ -318,6 +318,28 @@ def write_dataset_json(folder: Path, channel_names: Sequence[str], labels: Mappi
                           converted_by="nnunetv2_dmaf dataset_conversion", **metadata)
 
 
+def write_dataset(target: Path, train: Sequence[CaseFiles], test: Sequence[CaseFiles],
+                  label_mapping: Mapping[int, int], geometry_tolerance: float, num_processes: int,
+                  overwrite: bool, channel_names: Sequence[str], labels: Mapping[str, int | tuple[int, ...]],
+                  regions_class_order: Sequence[int] | None, **metadata: object) -> Path:
+    """Converts ``train`` (images + labels -> imagesTr/labelsTr) and ``test`` (images -> imagesTs)
+    into ``target`` with its dataset.json, all or nothing (staged folder renamed at the end).
+    Every expected file is checked to exist before anything is written."""
+    missing = missing_files([*train, *test])
+    if missing:
+        raise ConversionError(f"{len(missing)} expected file(s) missing:{format_list(missing)}")
+    with staged_folder(target, overwrite) as staging:
+        images_tr, labels_tr, images_ts = staging / "imagesTr", staging / "labelsTr", staging / "imagesTs"
+        for folder in (images_tr, labels_tr, *([images_ts] if test else [])):
+            folder.mkdir()
+        tasks = [(case, images_tr, labels_tr, label_mapping, geometry_tolerance) for case in train]
+        tasks += [(case, images_ts, None, label_mapping, geometry_tolerance) for case in test]
+        run_tasks(convert_case, tasks, num_processes)
+        write_dataset_json(staging, channel_names, labels, len(train), regions_class_order,
+                           dataset_name=target.name, **metadata)
+    return target
+
+
 # -------------------------------------------------------------------------------------------- CLI
 def add_output_arguments(parser: argparse.ArgumentParser, default_id: int | None, default_name: str | None,
                          id_help: str | None = None, name_help: str | None = None) -> None:

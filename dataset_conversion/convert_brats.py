@@ -30,9 +30,9 @@ import numpy as np
 
 from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles,
                                         ConversionError, add_output_arguments, add_processes_argument,
-                                        check_output_target, convert_case, convert_label_file, dataset_folder,
-                                        format_list, missing_files, output_root, remap_labels, run_cli,
-                                        run_tasks, staged_files, staged_folder, write_dataset_json)
+                                        check_output_target, convert_label_file, dataset_folder,
+                                        format_list, output_root, remap_labels, run_cli,
+                                        run_tasks, staged_files, write_dataset)
 
 #: (file suffix, nnU-Net channel name) in nnU-Net channel order
 CHANNELS: tuple[tuple[str, str], ...] = (("t1", "T1"), ("t1ce", "T1ce"), ("t2", "T2"), ("flair", "FLAIR"))
@@ -124,23 +124,11 @@ def convert_brats(input_folder: Path, year: int, dataset_id: int | None = None, 
     check_output_target(target, overwrite)
     train = find_cases(Path(input_folder), year, with_label=True)
     test = find_cases(Path(validation_folder), year, with_label=False) if validation_folder else []
-    missing = missing_files(train + test)
-    if missing:
-        raise ConversionError(f"{len(missing)} expected file(s) missing:{format_list(missing)}")
-
-    with staged_folder(target, overwrite) as staging:
-        images_tr, labels_tr, images_ts = staging / "imagesTr", staging / "labelsTr", staging / "imagesTs"
-        for folder in (images_tr, labels_tr, *([images_ts] if test else [])):
-            folder.mkdir()
-        tasks = [(case, images_tr, labels_tr, BRATS_TO_NNUNET, geometry_tolerance) for case in train]
-        tasks += [(case, images_ts, None, BRATS_TO_NNUNET, geometry_tolerance) for case in test]
-        run_tasks(convert_case, tasks, num_processes)
-        write_dataset_json(
-            staging, CHANNEL_NAMES, LABELS, len(train), REGIONS_CLASS_ORDER, dataset_name=target.name,
-            reference=release.reference, license=f"see {release.reference}",
-            description=f"BraTS {year} converted by nnunetv2_dmaf; labels: 1 edema (BraTS 2), 2 necrosis/"
-                        f"non-enhancing tumour core (BraTS 1), 3 enhancing tumour (BraTS 4)")
-    return target
+    return write_dataset(
+        target, train, test, BRATS_TO_NNUNET, geometry_tolerance, num_processes, overwrite, CHANNEL_NAMES, LABELS,
+        REGIONS_CLASS_ORDER, reference=release.reference, license=f"see {release.reference}",
+        description=f"BraTS {year} converted by nnunetv2_dmaf; labels: 1 edema (BraTS 2), 2 necrosis/"
+                    f"non-enhancing tumour core (BraTS 1), 3 enhancing tumour (BraTS 4)")
 
 
 def convert_predictions_to_brats(input_folder: Path, output_folder: Path, overwrite: bool = False,

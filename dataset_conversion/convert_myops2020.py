@@ -28,9 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError,
-                                        add_output_arguments, check_output_target, convert_case, dataset_folder,
-                                        format_list, missing_files, output_root, run_cli, run_tasks,
-                                        staged_folder, write_dataset_json)
+                                        add_output_arguments, check_output_target, dataset_folder, output_root,
+                                        run_cli, write_dataset)
 
 CHANNEL_NAMES: tuple[str, ...] = ("C0", "DE", "T2")
 #: MyoPS label -> nnU-Net label
@@ -100,24 +99,12 @@ def convert_myops2020(input_folder: Path | None = None, dataset_id: int = DEFAUL
     check_output_target(target, overwrite)
     train = find_cases(train_images, train_labels)
     test = find_cases(Path(test_images), None) if test_images is not None else []
-    missing = missing_files(train + test)
-    if missing:
-        raise ConversionError(f"{len(missing)} expected file(s) missing:{format_list(missing)}")
-
-    with staged_folder(target, overwrite) as staging:
-        images_tr, labels_tr, images_ts = staging / "imagesTr", staging / "labelsTr", staging / "imagesTs"
-        for folder in (images_tr, labels_tr, *([images_ts] if test else [])):
-            folder.mkdir()
-        tasks = [(case, images_tr, labels_tr, MYOPS_TO_NNUNET, geometry_tolerance) for case in train]
-        tasks += [(case, images_ts, None, MYOPS_TO_NNUNET, geometry_tolerance) for case in test]
-        run_tasks(convert_case, tasks, num_processes)
-        write_dataset_json(
-            staging, CHANNEL_NAMES, REGION_LABELS if use_regions else PLAIN_LABELS, len(train),
-            REGIONS_CLASS_ORDER if use_regions else None, dataset_name=target.name, reference=REFERENCE,
-            license=f"see {REFERENCE}",
-            description="MyoPS 2020 converted by nnunetv2_dmaf; labels: 1 normal myocardium (200), 2 LV blood "
-                        "pool (500), 3 RV blood pool (600), 4 edema (1220), 5 scar (2221)")
-    return target
+    return write_dataset(
+        target, train, test, MYOPS_TO_NNUNET, geometry_tolerance, num_processes, overwrite, CHANNEL_NAMES,
+        REGION_LABELS if use_regions else PLAIN_LABELS, REGIONS_CLASS_ORDER if use_regions else None,
+        reference=REFERENCE, license=f"see {REFERENCE}",
+        description="MyoPS 2020 converted by nnunetv2_dmaf; labels: 1 normal myocardium (200), 2 LV blood "
+                    "pool (500), 3 RV blood pool (600), 4 edema (1220), 5 scar (2221)")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
