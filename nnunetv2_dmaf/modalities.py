@@ -19,12 +19,19 @@ def channel_names_from_dataset_json(dataset_json: dict) -> list[str]:
     return [str(names[k]) for k in sorted(names, key=int)]
 
 
+def channel_index_by_name(channel_names: Sequence[str]) -> dict[str, int]:
+    """Case-insensitive (stripped) name -> channel index; names shared by several channels are left
+    out, so looking them up fails like an unknown name."""
+    keys = [str(name).strip().lower() for name in channel_names]
+    return {k: i for i, k in enumerate(keys) if keys.count(k) == 1}
+
+
 def parse_channels(spec: Iterable[str], names: Sequence[str]) -> list[int]:
     """Maps user channel specifications (names, case-insensitive, or indices) to sorted indices.
 
     Raises ValueError naming the unknown entry and the valid choices.
     """
-    lookup = {n.lower(): i for i, n in enumerate(names)}
+    lookup = channel_index_by_name(names)
     indices: set[int] = set()
     for item in spec:
         key = str(item).strip()

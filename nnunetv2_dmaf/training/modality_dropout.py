@@ -31,23 +31,12 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
-from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
+from nnunetv2_dmaf.modalities import channel_index_by_name, channel_names_from_dataset_json
 
 ENV_MISSING_RATES = "nnUNet_dmaf_missing_rates"
 ENV_AVAILABILITY_TABLE = "nnUNet_dmaf_availability_table"
 TABLE_FILENAME = AVAILABILITY_FILENAME
 _DISABLED_VALUES = ("", "none", "off", "0", "false")
-
-
-def _name_index(channel_names: Sequence[str]) -> dict[str, int]:
-    """Case-insensitive name -> channel index; ambiguous names are left out (and rejected on use)."""
-    index: dict[str, int] = {}
-    seen: dict[str, int] = {}
-    for i, name in enumerate(channel_names):
-        key = name.strip().lower()
-        seen[key] = seen.get(key, 0) + 1
-        index[key] = i
-    return {k: v for k, v in index.items() if seen[k] == 1}
 
 
 def parse_missing_rates(spec: str | Mapping[str, float] | None, channel_names: Sequence[str]) -> np.ndarray:
@@ -71,7 +60,7 @@ def parse_missing_rates(spec: str | Mapping[str, float] | None, channel_names: S
             pairs.append((name, value))
     else:
         pairs = list(spec.items())
-    index = _name_index(channel_names)
+    index = channel_index_by_name(channel_names)
     assigned: set[int] = set()
     for name, value in pairs:
         key = str(name).strip().lower()
