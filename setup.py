@@ -46,7 +46,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={"test": ["pytest>=8", "nilearn"], "benchmark": ["nilearn"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_dmaf_make_demo_dataset = nnunetv2_dmaf.demo_data:main",
