@@ -1,0 +1,478 @@
+"""Quality benchmark: does DMAF-Net beat fair baselines under imbalanced missing modalities?
+
+Data: BraTS-like cases built from the real MNI ICBM152 anatomy (``nnunetv2_dmaf.anatomical_phantom``;
+needs ``pip install ".[benchmark]"``), ``--num-training`` training cases with a per-case availability
+table that reproduces the published mr2468 table's realised rates (FLAIR 59 %, T1ce 38 %, T1 16 %,
+T2 80 % missing, every one of the 15 subsets occurring), and ``--num-test`` complete test cases.
+
+Trainers (all with the same plans, schedule, fold 0 and availability table; see TRAINERS):
+(a) nnU-Net's U-Net on the zero-filled data, (b) (a) + uniform channel dropout within each case's
+available set, (c) DMAF-Net, and four ablations of (c). Each (trainer, seed) trains once with
+``nnUNet_dmaf_seed=<seed>`` in its own nnUNet_results root, then ``nnUNetv2_dmaf_evaluate_subsets``
+scores the test cases on all 15 subsets (no TTA).
+
+Plans: nnU-Net's 3d_fullres plans of the generated dataset with an added configuration
+``3d_quality`` (inherits 3d_fullres: same preprocessed data and patch = the whole cropped volume;
+``--features`` first-stage width, doubled per stage; ``--batch-size``), so that training converges
+on a 2-core CPU.
+
+Resumable: everything lives in ``--work-dir``; a finished (trainer, seed) is never retrained or
+re-evaluated, an interrupted training continues from its last checkpoint (every 5 epochs). The
+settings are stored in ``settings.json``; a later run with other data/schedule settings is refused.
+At the end (and with ``--report-only`` at any time, from whatever has finished) it prints the
+tables, writes them into the marked block of ``docs/benchmarks.md`` and the plots into
+``docs/figures/quality_*.png``.
+
+Usage::
+
+    python benchmarks/quality.py --work-dir /tmp/quality --seeds 0 1 2 [--device cpu] [--trainers ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout: the benchmark uses this checkout's helpers
+
+from dataset_conversion.import_imbalanced_split import (TABLE_MODALITIES, read_split_table,  # noqa: E402
+                                                        table_to_channel_index)
+from nnunetv2_dmaf.atomic_files import write_text_atomic  # noqa: E402
+from nnunetv2_dmaf.availability import availability_table_path, write_availability_table  # noqa: E402
+from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main  # noqa: E402
+
+DATASET_ID = 995
+DATASET_NAME = "DMAFQuality"
+DATASET = f"Dataset{DATASET_ID}_{DATASET_NAME}"
+BASE_CONFIGURATION = "3d_fullres"
+CONFIGURATION = "3d_quality"
+PLANS = "nnUNetPlans"
+FOLD = "0"
+PUBLISHED_TABLE = REPO.parent / "shared" / "data" / "imbalanced_splits" / "Brats2020_imb_split_mr2468.csv"
+#: -tr name -> label in the tables; the first three are the comparison, the rest ablations of (c)
+TRAINERS: dict[str, str] = {
+    "nnUNetTrainerZeroFilled": "(a) U-Net, zero-filled",
+    "nnUNetTrainerChannelDropout": "(b) (a) + channel dropout",
+    "nnUNetTrainerDMAF": "(c) DMAF-Net",
+    "nnUNetTrainerDMAF_noDistill": "(c) w/o distillation",
+    "nnUNetTrainerDMAF_noDTM": "(c) w/o DTM",
+    "nnUNetTrainerDMAF_noUniDecoder": "(c) w/o uni-modal decoder",
+    "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
+}
+BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
+DMAF = "nnUNetTrainerDMAF"
+RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
+DOCS_BEGIN = "<!-- quality tables: written by benchmarks/quality.py, do not edit by hand -->"
+DOCS_END = "<!-- end of quality tables -->"
+#: settings that change the data or the training; a work dir is only resumed with the same values
+DATA_SETTINGS = ("num_training", "num_test", "spacing", "data_seed", "features", "batch_size", "epochs",
+                 "iterations", "val_iterations")
+
+
+# ------------------------------------------------------------------------------ availability table
+def mr2468_subset_counts(num_cases: int, table_path: Path = PUBLISHED_TABLE) -> dict[tuple[bool, ...], int]:
+    """Cases per modality subset (bool [4] in TABLE_MODALITIES order) for ``num_cases`` training cases:
+    every subset at least once, the rest allocated so that the per-modality missing rates come as close
+    as possible to the published table's realised rates (largest remainder, then greedy moves)."""
+    published = np.array(list(read_split_table(table_path).values()), dtype=bool)
+    subsets = [tuple(bool(b) for b in np.array(list(np.binary_repr(i, 4)), dtype=int)) for i in range(1, 16)]
+    if num_cases < len(subsets):
+        raise UsageError(f"--num-training must be >= {len(subsets)} so that every modality subset occurs")
+    frequency = np.array([np.all(published == s, axis=1).mean() for s in subsets])
+    counts = np.ones(len(subsets), dtype=int)
+    share = frequency * (num_cases - len(subsets))
+    counts += np.floor(share).astype(int)
+    for i in np.argsort(-(share - np.floor(share)))[:num_cases - counts.sum()]:
+        counts[i] += 1
+    masks = np.array(subsets, dtype=float)
+    target = published.mean(0)
+
+    def error(c: np.ndarray) -> float:
+        return float((((c[:, None] * masks).sum(0) / c.sum() - target) ** 2).sum())
+
+    improved = True
+    while improved:  # move single cases between subsets while that brings the rates closer
+        improved = False
+        for src in range(len(subsets)):
+            for dst in range(len(subsets)):
+                if src != dst and counts[src] > 1:
+                    moved = counts.copy()
+                    moved[src] -= 1
+                    moved[dst] += 1
+                    if error(moved) < error(counts) - 1e-12:
+                        counts, improved = moved, True
+    return {s: int(c) for s, c in zip(subsets, counts)}
+
+
+def write_mr2468_availability(dataset_folder: Path, case_ids: Sequence[str], channel_names: Sequence[str],
+                              seed: int) -> dict[str, np.ndarray]:
+    """Assigns the subsets of ``mr2468_subset_counts`` to the cases (seeded shuffle) and writes
+    ``modality_availability.csv``; returns case id -> bool [M] in ``channel_names`` order."""
+    counts = mr2468_subset_counts(len(case_ids))
+    masks = [np.array(s, dtype=bool) for s, c in counts.items() for _ in range(c)]
+    order = np.random.default_rng(seed).permutation(len(masks))
+    to_channels = table_to_channel_index(channel_names)
+    table = {case: masks[i][to_channels] for case, i in zip(case_ids, order)}
+    write_availability_table(availability_table_path(dataset_folder), table, channel_names)
+    return table
+
+
+# ------------------------------------------------------------------------------ work dir and nnU-Net
+def nnunet_env(work_dir: Path, seed: int | None = None, args: argparse.Namespace | None = None) -> dict:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=str(work_dir / "raw"), nnUNet_preprocessed=str(work_dir / "preprocessed"),
+               nnUNet_results=str(work_dir / "results" / f"seed_{seed if seed is not None else 0}"),
+               nnUNet_def_n_proc="1", nnUNet_compile="false")
+    if args is not None:  # training: schedule and seed for the plugin's trainers
+        env.update(nnUNet_dmaf_num_epochs=str(args.epochs), nnUNet_dmaf_iterations_per_epoch=str(args.iterations),
+                   nnUNet_dmaf_val_iterations_per_epoch=str(args.val_iterations), nnUNet_dmaf_seed=str(seed))
+        if args.device == "cpu":
+            env["nnUNet_n_proc_DA"] = "0"
+    return env
+
+
+def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
+    """Runs a command with its output appended to ``log``; stops it on Ctrl-C/SIGTERM; a failure
+    raises DataError naming the command and the log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        process = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            returncode = process.wait()
+        except KeyboardInterrupt:
+            process.terminate()
+            process.wait()
+            raise
+    if returncode != 0:
+        raise DataError(f"{Path(cmd[0]).name} {cmd[1] if cmd[1] != '-c' else ''} failed (exit {returncode}); "
+                        f"see {log}")
+
+
+def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
+    """Stores the data/schedule settings on the first run; refuses to resume with different ones."""
+    settings = {k: getattr(args, k) for k in DATA_SETTINGS}
+    path = work_dir / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = [f"{k} {stored.get(k)} -> {v}" for k, v in settings.items() if stored.get(k) != v]
+        if changed:
+            raise UsageError(f"{work_dir} holds a run with other settings ({'; '.join(changed)}); "
+                             f"use another --work-dir or the stored values")
+    else:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(settings, indent=2))
+
+
+def prepare(work_dir: Path, args: argparse.Namespace) -> None:
+    """Generated dataset + availability table + nnU-Net plans/preprocessing + the 3d_quality configuration."""
+    from nnunetv2_dmaf.anatomical_phantom import CHANNEL_NAMES, case_ids, generate_dataset
+    raw = work_dir / "raw" / DATASET
+    if not (raw / "dataset.json").is_file():
+        print(f"generating {args.num_training} + {args.num_test} cases at {args.spacing:g} mm in {raw}", flush=True)
+        generate_dataset(work_dir / "raw", DATASET_ID, DATASET_NAME, args.num_training, args.num_test,
+                         args.spacing, args.data_seed, overwrite=True)
+    if not availability_table_path(raw).is_file():
+        write_mr2468_availability(raw, case_ids(DATASET_NAME, args.num_training, 0)[0], CHANNEL_NAMES,
+                                  args.data_seed)
+    plans_file = work_dir / "preprocessed" / DATASET / f"{PLANS}.json"
+    if not plans_file.is_file():
+        print("nnUNetv2_plan_and_preprocess ...", flush=True)
+        env = nnunet_env(work_dir)
+        env.pop("nnUNet_n_proc_DA", None)  # 0 breaks nnU-Net's planner
+        run_quiet(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", BASE_CONFIGURATION, "-np", "1",
+                   "-npfp", "1"], env, work_dir / "logs" / "plan_and_preprocess.log")
+    add_quality_configuration(plans_file, args.features, args.batch_size)
+
+
+def add_quality_configuration(plans_file: Path, features: int, batch_size: int) -> dict:
+    """Adds ``3d_quality`` to the plans: 3d_fullres (patch = whole volume) with first-stage width
+    ``features`` (doubled per stage, at most 320) and ``batch_size``. Returns the configuration."""
+    plans = json.loads(plans_file.read_text())
+    base = plans["configurations"][BASE_CONFIGURATION]
+    architecture = json.loads(json.dumps(base["architecture"]))
+    stages = architecture["arch_kwargs"]["n_stages"]
+    architecture["arch_kwargs"]["features_per_stage"] = [min(features * 2 ** i, 320) for i in range(stages)]
+    configuration = {"inherits_from": BASE_CONFIGURATION, "architecture": architecture, "batch_size": batch_size}
+    if plans["configurations"].get(CONFIGURATION) != configuration:
+        plans["configurations"][CONFIGURATION] = configuration
+        write_text_atomic(plans_file, json.dumps(plans, indent=4))
+    return {**base, **configuration}
+
+
+def model_folder(work_dir: Path, trainer: str, seed: int) -> Path:
+    return (work_dir / "results" / f"seed_{seed}" / DATASET / f"{trainer}__{PLANS}__{CONFIGURATION}"
+            / f"fold_{FOLD}")
+
+
+TRAIN_CODE = """
+import sys, torch
+from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+dataset, configuration, fold, trainer, plans, device, epochs, iterations, val_iterations, threads = sys.argv[1:]
+torch.set_num_threads(int(threads))
+t = get_trainer_from_args(dataset, configuration, int(fold), trainer, plans, device=torch.device(device))
+t.num_epochs, t.num_iterations_per_epoch = int(epochs), int(iterations)
+t.num_val_iterations_per_epoch, t.save_every = int(val_iterations), 5
+maybe_load_checkpoint(t, True, False, None)
+t.run_training()
+"""
+
+
+def train(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> float:
+    """Trains (trainer, seed) through nnU-Net's trainer API (continuing a checkpoint if any); the
+    schedule is set on the trainer and also passed as nnUNet_dmaf_* variables. Returns seconds.
+    nnU-Net's final validation of fold 0 is skipped: the test set is evaluated instead."""
+    start = time.perf_counter()
+    run_quiet([sys.executable, "-c", TRAIN_CODE, str(DATASET_ID), CONFIGURATION, FOLD, trainer, PLANS, args.device,
+               str(args.epochs), str(args.iterations), str(args.val_iterations), str(args.threads)],
+              nnunet_env(work_dir, seed, args), work_dir / "logs" / f"train_{trainer}_seed{seed}.log")
+    return time.perf_counter() - start
+
+
+def evaluate(work_dir: Path, trainer: str, seed: int, device: str) -> Path:
+    out = work_dir / "evaluation" / f"seed_{seed}" / trainer
+    raw = work_dir / "raw" / DATASET
+    run_quiet(["nnUNetv2_dmaf_evaluate_subsets", "-i", str(raw / "imagesTs"), "-l", str(raw / "labelsTs"),
+               "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
+               "-chk", "checkpoint_final.pth", "--disable_tta", "-device", device, "--overwrite",
+               "--disable_progress_bar"], nnunet_env(work_dir, seed), work_dir / "logs" / f"eval_{trainer}_seed{seed}.log")
+    return out / "summary.json"
+
+
+def training_curves(checkpoint: Path) -> dict:
+    """Per-epoch logs of a finished training (nnU-Net's logger, from the final checkpoint)."""
+    import torch
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return {k: [np.asarray(v).tolist() for v in logging[k]] for k in
+            ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses")}
+
+
+def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace, timings: dict) -> None:
+    """Trains, records wall time and curves, and evaluates one (trainer, seed) unless already done."""
+    key = f"{trainer}/seed_{seed}"
+    folder = model_folder(work_dir, trainer, seed)
+    if not (folder / "checkpoint_final.pth").is_file():
+        print(f"[{time.strftime('%H:%M:%S')}] training {trainer}, seed {seed} ...", flush=True)
+        seconds = train(work_dir, trainer, seed, args)
+        timings[key] = timings.get(key, 0.0) + seconds  # an interrupted run adds its parts
+        write_text_atomic(work_dir / "timings.json", json.dumps(timings, indent=2))
+        print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
+    curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
+    if not curves.is_file():
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(curves, json.dumps(training_curves(folder / "checkpoint_final.pth")))
+    summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
+    if not summary.is_file():
+        print(f"[{time.strftime('%H:%M:%S')}] evaluating {trainer}, seed {seed} on 15 subsets ...", flush=True)
+        evaluate(work_dir, trainer, seed, args.device)
+
+
+# ------------------------------------------------------------------------------ report
+def collect(work_dir: Path, trainers: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict]]:
+    """trainer -> seed -> summary.json of every finished evaluation."""
+    results: dict[str, dict[int, dict]] = {}
+    for trainer in trainers:
+        for seed in seeds:
+            summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
+            if summary.is_file():
+                results.setdefault(trainer, {})[seed] = json.loads(summary.read_text())
+    return results
+
+
+def subset_dice(summary: dict) -> dict[str, dict[str, float]]:
+    """subset name -> region -> Dice (mean over test cases), plus 'mean' = mean over regions;
+    the key 'mean over subsets' holds the same for the mean over the 15 subsets."""
+    regions = list(summary["metadata"]["regions"])
+    rows = {row["subset"]: row for row in summary["subsets"]}
+    rows["mean over subsets"] = summary["mean_over_subsets"]
+    return {name: {**{r: row[f"Dice {r}"] for r in regions}, "mean": float(np.mean([row[f"Dice {r}"] for r in regions]))}
+            for name, row in rows.items()}
+
+
+def seed_stats(per_seed: dict[int, dict], subset: str, key: str) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 1; NaN for a single seed) over seeds."""
+    values = [subset_dice(s)[subset][key] for s in per_seed.values()]
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def fmt(mean_std: tuple[float, float]) -> str:
+    return f"{mean_std[0]:.3f}" if np.isnan(mean_std[1]) else f"{mean_std[0]:.3f} ± {mean_std[1]:.3f}"
+
+
+def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
+    """Markdown tables: overview per trainer, per-subset Dice, target check."""
+    timings = json.loads((work_dir / "timings.json").read_text()) if (work_dir / "timings.json").is_file() else {}
+    trainers = [t for t in TRAINERS if t in results] + [t for t in results if t not in TRAINERS]
+    if not trainers:
+        return "No finished evaluation yet.\n"
+    first = next(iter(results[trainers[0]].values()))
+    regions = list(first["metadata"]["regions"])
+    subsets = [row["subset"] for row in first["subsets"]]
+    lines = [f"Settings: {args.num_training} training cases (fold 0: nnU-Net's 80/20 split), {args.num_test} "
+             f"complete test cases, {args.spacing:g} mm, data seed {args.data_seed}; configuration {CONFIGURATION} "
+             f"(first-stage width {args.features}, batch size {args.batch_size}); {args.epochs} epochs x "
+             f"{args.iterations} iterations ({args.epochs * args.iterations} iterations); no TTA. "
+             f"Values: Dice, mean ± std over the seeds listed.", "",
+             "| trainer | seeds | train min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
+             + " | **mean over 15 subsets** | T2 alone | FLAIR alone |",
+             "|---|---|---|" + "---|" * (len(regions) + 3)]
+    for t in trainers:
+        per_seed = results[t]
+        minutes = [timings[f"{t}/seed_{s}"] / 60 for s in per_seed if f"{t}/seed_{s}" in timings]
+        cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
+        cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
+        cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
+        cells += [fmt(seed_stats(per_seed, s, "mean")) for s in RARE_SUBSETS]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per subset (Dice averaged over WT/TC/ET and the test cases; mean ± std over seeds):", "",
+              "| subset | " + " | ".join(TRAINERS.get(t, t) for t in trainers) + " |",
+              "|---|" + "---|" * len(trainers)]
+    for subset in subsets:
+        lines.append(f"| {subset} | " + " | ".join(fmt(seed_stats(results[t], subset, "mean")) for t in trainers) + " |")
+    lines += ["", *target_check(results, subsets)]
+    return "\n".join(lines) + "\n"
+
+
+def target_check(results: dict[str, dict[int, dict]], subsets: Sequence[str]) -> list[str]:
+    """The issue's target: (c) above the best baseline on the mean over subsets by > 2 seed std, and
+    not below it on T2 alone and FLAIR alone."""
+    baselines = [b for b in BASELINES if b in results]
+    if DMAF not in results or not baselines:
+        return ["Target check: needs (c) and at least one baseline."]
+    best = max(baselines, key=lambda b: seed_stats(results[b], "mean over subsets", "mean")[0])
+    dmaf, base = seed_stats(results[DMAF], "mean over subsets", "mean"), seed_stats(results[best], "mean over subsets", "mean")
+    margin = 2 * np.nanmax([dmaf[1], base[1], 0.0])
+    n = min(len(results[DMAF]), len(results[best]))
+    lines = [f"Target check ({n} seed(s); best baseline {TRAINERS.get(best, best)}): mean over 15 subsets "
+             f"{dmaf[0]:.3f} vs {base[0]:.3f}, difference {dmaf[0] - base[0]:+.3f}, 2 x seed std {margin:.3f}: "
+             + ("**met**" if dmaf[0] - base[0] > margin and n > 1 else "**not met**"
+                + (" (a single seed gives no std)" if n < 2 else ""))]
+    for subset in RARE_SUBSETS:
+        if subset in subsets:
+            d, b = seed_stats(results[DMAF], subset, "mean")[0], seed_stats(results[best], subset, "mean")[0]
+            lines.append(f"- {subset} alone: {d:.3f} vs {b:.3f} ({'not below' if d >= b else 'below'} the baseline)")
+    return lines
+
+
+def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> list[Path]:
+    """Per-subset Dice (mean ± std over seeds) and validation pseudo-Dice curves; returns the files."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    trainers = [t for t in TRAINERS if t in results] + [t for t in results if t not in TRAINERS]
+    if not trainers:
+        return []
+    figures.mkdir(parents=True, exist_ok=True)
+    first = next(iter(results[trainers[0]].values()))
+    subsets = [row["subset"] for row in first["subsets"]] + ["mean over subsets"]
+    fig, ax = plt.subplots(figsize=(13, 4.8))
+    width = 0.8 / len(trainers)
+    for i, t in enumerate(trainers):
+        stats = np.array([seed_stats(results[t], s, "mean") for s in subsets])
+        ax.bar(np.arange(len(subsets)) + (i - (len(trainers) - 1) / 2) * width, stats[:, 0], width, yerr=np.nan_to_num(stats[:, 1]),
+               label=f"{TRAINERS.get(t, t)} ({len(results[t])} seeds)", capsize=2)
+    ax.set_xticks(np.arange(len(subsets)), [s.replace("+", "+\n") for s in subsets], fontsize=7)
+    ax.set_ylabel("Dice (mean of WT, TC, ET)")
+    ax.set_title("Quality benchmark: Dice per available-modality subset (test cases, mean ± std over seeds)")
+    ax.legend(fontsize=7, ncol=4, loc="lower right")
+    ax.set_ylim(0, 1)
+    fig.tight_layout()
+    subsets_png = figures / "quality_subsets.png"
+    fig.savefig(subsets_png, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, t in enumerate(trainers):
+        for seed in sorted(results[t]):
+            path = work_dir / "curves" / f"{t}_seed{seed}.json"
+            if not path.is_file():
+                continue
+            curves = json.loads(path.read_text())
+            style = dict(color=f"C{i}", alpha=0.8, label=TRAINERS.get(t, t) if seed == min(results[t]) else None)
+            axes[0].plot(curves["ema_fg_dice"], **style)
+            axes[1].plot([d[-1] for d in curves["dice_per_class_or_region"]], **style)
+    axes[0].set_title("validation pseudo-Dice (EMA, mean of regions)")
+    axes[1].set_title("validation pseudo-Dice of ET (per epoch)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    curves_png = figures / "quality_curves.png"
+    fig.savefig(curves_png, dpi=110)
+    plt.close(fig)
+    return [subsets_png, curves_png]
+
+
+def write_docs(docs: Path, tables: str) -> None:
+    """Replaces the marked block of docs/benchmarks.md with ``tables`` (the block must exist)."""
+    path = docs / "benchmarks.md"
+    text = path.read_text(encoding="utf-8")
+    if DOCS_BEGIN not in text or DOCS_END not in text:
+        raise UsageError(f"{path}: no quality block (lines '{DOCS_BEGIN}' ... '{DOCS_END}') to write into")
+    head, rest = text.split(DOCS_BEGIN, 1)
+    write_text_atomic(path, head + DOCS_BEGIN + "\n" + tables + rest[rest.index(DOCS_END):])
+
+
+# ------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmarks/quality.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work-dir", type=Path, default=Path("benchmark_quality"),
+                        help="data, models, evaluations (resumed if present; default %(default)s)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"])
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS),
+                        help="-tr names, run in this order for all seeds (default: (a), (b), (c), ablations)")
+    parser.add_argument("--docs-dir", type=Path, default=REPO / "docs",
+                        help="where benchmarks.md and figures/ are written (default %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="only tables and plots from finished runs")
+    parser.add_argument("--no-docs", action="store_true", help="print the tables, write nothing into docs")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training (default 2)")
+    data = parser.add_argument_group("data and schedule (fixed per work dir)")
+    data.add_argument("--num-training", type=int, default=40)
+    data.add_argument("--num-test", type=int, default=10)
+    data.add_argument("--spacing", type=float, default=4.0, help="isotropic voxel size in mm (default 4)")
+    data.add_argument("--data-seed", type=int, default=0, help="seed of the generated cases and of the table")
+    data.add_argument("--features", type=int, default=16, help="first-stage width of 3d_quality (default 16)")
+    data.add_argument("--batch-size", type=int, default=2)
+    data.add_argument("--epochs", type=int, default=40)
+    data.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
+    data.add_argument("--val-iterations", type=int, default=4, help="validation iterations per epoch")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    work_dir = args.work_dir.resolve()
+    if not args.report_only:
+        check_settings(work_dir, args)
+        prepare(work_dir, args)
+        timings = json.loads((work_dir / "timings.json").read_text()) if (work_dir / "timings.json").is_file() else {}
+        comparison = [t for t in args.trainers if t in list(TRAINERS)[:3]]
+        for group in (comparison, [t for t in args.trainers if t not in comparison]):  # (a)-(c) first
+            for seed in args.seeds:
+                for trainer in group:
+                    run_one(work_dir, trainer, seed, args, timings)
+    elif (work_dir / "settings.json").is_file():
+        vars(args).update(json.loads((work_dir / "settings.json").read_text()))
+    results = collect(work_dir, args.trainers, args.seeds)
+    tables = report(work_dir, results, args)
+    print(tables)
+    if not args.no_docs and results:
+        for path in plot(work_dir, results, args.docs_dir / "figures"):
+            print(f"wrote {path}")
+        write_docs(args.docs_dir, tables)
+        print(f"wrote the tables into {args.docs_dir / 'benchmarks.md'}")
+
+
+if __name__ == "__main__":
+    run_main(main)
