@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -126,17 +127,30 @@ def write_mr2468_availability(dataset_folder: Path, case_ids: Sequence[str], cha
 
 
 # ------------------------------------------------------------------------------ work dir and nnU-Net
-def nnunet_env(work_dir: Path, seed: int | None = None, args: argparse.Namespace | None = None) -> dict:
+def nnunet_env(work_dir: Path, seed: int | None = None, args: argparse.Namespace | None = None,
+               threads: int = 1) -> dict:
+    """nnU-Net variables of the work dir; one nnUNet_results root per seed; with ``args`` also the
+    training schedule and seed for the plugin's trainers."""
     env = dict(os.environ)
     env.update(nnUNet_raw=str(work_dir / "raw"), nnUNet_preprocessed=str(work_dir / "preprocessed"),
                nnUNet_results=str(work_dir / "results" / f"seed_{seed if seed is not None else 0}"),
-               nnUNet_def_n_proc="1", nnUNet_compile="false")
+               nnUNet_def_n_proc="1", nnUNet_compile="false", OMP_NUM_THREADS=str(threads))
     if args is not None:  # training: schedule and seed for the plugin's trainers
         env.update(nnUNet_dmaf_num_epochs=str(args.epochs), nnUNet_dmaf_iterations_per_epoch=str(args.iterations),
                    nnUNet_dmaf_val_iterations_per_epoch=str(args.val_iterations), nnUNet_dmaf_seed=str(seed))
         if args.device == "cpu":
             env["nnUNet_n_proc_DA"] = "0"
     return env
+
+
+RUNNING: set[subprocess.Popen] = set()  # child processes of --jobs workers, stopped on Ctrl-C/SIGTERM
+
+
+def stop_running() -> None:
+    for process in list(RUNNING):
+        process.terminate()
+    for process in list(RUNNING):
+        process.wait()
 
 
 def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
@@ -147,12 +161,11 @@ def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         process = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        RUNNING.add(process)
         try:
             returncode = process.wait()
-        except KeyboardInterrupt:
-            process.terminate()
-            process.wait()
-            raise
+        finally:
+            RUNNING.discard(process)
     if returncode != 0:
         raise DataError(f"{Path(cmd[0]).name} {cmd[1] if cmd[1] != '-c' else ''} failed (exit {returncode}); "
                         f"see {log}")
@@ -234,17 +247,17 @@ def train(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> 
     start = time.perf_counter()
     run_quiet([sys.executable, "-c", TRAIN_CODE, str(DATASET_ID), CONFIGURATION, FOLD, trainer, PLANS, args.device,
                str(args.epochs), str(args.iterations), str(args.val_iterations), str(args.threads)],
-              nnunet_env(work_dir, seed, args), work_dir / "logs" / f"train_{trainer}_seed{seed}.log")
+              nnunet_env(work_dir, seed, args, args.threads), work_dir / "logs" / f"train_{trainer}_seed{seed}.log")
     return time.perf_counter() - start
 
 
-def evaluate(work_dir: Path, trainer: str, seed: int, device: str) -> Path:
+def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int) -> Path:
     out = work_dir / "evaluation" / f"seed_{seed}" / trainer
     raw = work_dir / "raw" / DATASET
     run_quiet(["nnUNetv2_dmaf_evaluate_subsets", "-i", str(raw / "imagesTs"), "-l", str(raw / "labelsTs"),
                "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
                "-chk", "checkpoint_final.pth", "--disable_tta", "-device", device, "--overwrite",
-               "--disable_progress_bar"], nnunet_env(work_dir, seed), work_dir / "logs" / f"eval_{trainer}_seed{seed}.log")
+               "--disable_progress_bar"], nnunet_env(work_dir, seed, threads=threads), work_dir / "logs" / f"eval_{trainer}_seed{seed}.log")
     return out / "summary.json"
 
 
@@ -256,15 +269,21 @@ def training_curves(checkpoint: Path) -> dict:
             ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses")}
 
 
-def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace, timings: dict) -> None:
+def timing_file(work_dir: Path, trainer: str, seed: int) -> Path:
+    """Training wall time of one (trainer, seed) in seconds (the parts of an interrupted run add up)."""
+    return work_dir / "timings" / f"{trainer}_seed{seed}.txt"
+
+
+def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> None:
     """Trains, records wall time and curves, and evaluates one (trainer, seed) unless already done."""
-    key = f"{trainer}/seed_{seed}"
     folder = model_folder(work_dir, trainer, seed)
     if not (folder / "checkpoint_final.pth").is_file():
         print(f"[{time.strftime('%H:%M:%S')}] training {trainer}, seed {seed} ...", flush=True)
         seconds = train(work_dir, trainer, seed, args)
-        timings[key] = timings.get(key, 0.0) + seconds  # an interrupted run adds its parts
-        write_text_atomic(work_dir / "timings.json", json.dumps(timings, indent=2))
+        timing = timing_file(work_dir, trainer, seed)
+        timing.parent.mkdir(parents=True, exist_ok=True)
+        before = float(timing.read_text()) if timing.is_file() else 0.0
+        write_text_atomic(timing, f"{before + seconds:.1f}\n")
         print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
     curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
     if not curves.is_file():
@@ -273,7 +292,22 @@ def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace, t
     summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
     if not summary.is_file():
         print(f"[{time.strftime('%H:%M:%S')}] evaluating {trainer}, seed {seed} on 15 subsets ...", flush=True)
-        evaluate(work_dir, trainer, seed, args.device)
+        evaluate(work_dir, trainer, seed, args.device, args.threads)
+
+
+def run_all(work_dir: Path, runs: Sequence[tuple[str, int]], args: argparse.Namespace) -> None:
+    """Runs (trainer, seed) pairs in this order, ``args.jobs`` at a time; the first failure stops
+    the rest (finished runs stay and are reused by the next call)."""
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, work_dir, trainer, seed, args) for trainer, seed in runs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            stop_running()
+            raise
 
 
 # ------------------------------------------------------------------------------ report
@@ -310,7 +344,6 @@ def fmt(mean_std: tuple[float, float]) -> str:
 
 def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
     """Markdown tables: overview per trainer, per-subset Dice, target check."""
-    timings = json.loads((work_dir / "timings.json").read_text()) if (work_dir / "timings.json").is_file() else {}
     trainers = [t for t in TRAINERS if t in results] + [t for t in results if t not in TRAINERS]
     if not trainers:
         return "No finished evaluation yet.\n"
@@ -327,7 +360,8 @@ def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.N
              "|---|---|---|" + "---|" * (len(regions) + 3)]
     for t in trainers:
         per_seed = results[t]
-        minutes = [timings[f"{t}/seed_{s}"] / 60 for s in per_seed if f"{t}/seed_{s}" in timings]
+        minutes = [float(timing_file(work_dir, t, s).read_text()) / 60 for s in per_seed
+                   if timing_file(work_dir, t, s).is_file()]
         cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
         cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
         cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
@@ -436,11 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where benchmarks.md and figures/ are written (default %(default)s)")
     parser.add_argument("--report-only", action="store_true", help="only tables and plots from finished runs")
     parser.add_argument("--no-docs", action="store_true", help="print the tables, write nothing into docs")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per training (default 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="trainings/evaluations run at the same time (default 1)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads per training (default 1: on a busy 2-core machine more threads "
+                             "oversubscribe the cores and run several times slower)")
     data = parser.add_argument_group("data and schedule (fixed per work dir)")
     data.add_argument("--num-training", type=int, default=40)
     data.add_argument("--num-test", type=int, default=10)
-    data.add_argument("--spacing", type=float, default=4.0, help="isotropic voxel size in mm (default 4)")
+    data.add_argument("--spacing", type=float, default=6.0, help="isotropic voxel size in mm (default 6)")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the generated cases and of the table")
     data.add_argument("--features", type=int, default=16, help="first-stage width of 3d_quality (default 16)")
     data.add_argument("--batch-size", type=int, default=2)
@@ -456,12 +493,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.report_only:
         check_settings(work_dir, args)
         prepare(work_dir, args)
-        timings = json.loads((work_dir / "timings.json").read_text()) if (work_dir / "timings.json").is_file() else {}
         comparison = [t for t in args.trainers if t in list(TRAINERS)[:3]]
-        for group in (comparison, [t for t in args.trainers if t not in comparison]):  # (a)-(c) first
-            for seed in args.seeds:
-                for trainer in group:
-                    run_one(work_dir, trainer, seed, args, timings)
+        runs = [(trainer, seed) for group in (comparison, [t for t in args.trainers if t not in comparison])
+                for seed in args.seeds for trainer in group]  # (a)-(c) for every seed first, then ablations
+        run_all(work_dir, runs, args)
     elif (work_dir / "settings.json").is_file():
         vars(args).update(json.loads((work_dir / "settings.json").read_text()))
     results = collect(work_dir, args.trainers, args.seeds)

@@ -11,9 +11,9 @@ only on the dataset seed and its index):
 * geometry: random affine (rotation +-8 deg, scale 0.92-1.08 per axis, shift +-3 mm) plus a smooth
   random displacement field (control points every ~32 mm, std 3 mm), resampled onto an isotropic
   grid of ``spacing`` mm covering the brain (the template maps are low-pass filtered first);
-* a tumour in white matter: an irregular ellipsoid (radii 16-28 mm, smooth boundary noise) of edema
+* a tumour in white matter: an irregular ellipsoid (radii 20-32 mm, smooth boundary noise) of edema
   (label 1, confined to GM/WM, it does not replace CSF), inside it a core (45-65 % of the radius) that
-  is an enhancing rim (label 3, >= ~5 mm thick) around necrosis (label 2); every fourth case
+  is an enhancing rim (label 3, at least 5 mm and 1.5 voxels thick) around necrosis (label 2); every fourth case
   (``case_index % 4 == 3``) has no enhancing tumour (the whole core is label 2);
 * images: tissue-class mixtures (partial volume from the probability maps) with the mean intensities
   of ``TISSUE_INTENSITIES`` (+-4 % per case and class), a smooth multiplicative bias field per channel
@@ -156,13 +156,13 @@ def _tumour_labels(brain: np.ndarray, csf: np.ndarray, wm: np.ndarray, spacing: 
     if len(candidates) == 0:  # coarse grids: the deepest white-matter voxel
         candidates = np.argwhere((wm > 0.5) & (inside >= inside[wm > 0.5].max()))
     center = candidates[rng.integers(len(candidates))] * spacing
-    radii = rng.uniform(16.0, 28.0, 3)
+    radii = rng.uniform(20.0, 32.0, 3)
     grid = np.stack(np.meshgrid(*[np.arange(s) * spacing for s in shape], indexing="ij"))
     local = np.einsum("ij,j...->i...", _rotation(rng.uniform(0, np.pi, 3)).T, grid - center[:, None, None, None])
     distance = np.sqrt(sum((local[i] / radii[i]) ** 2 for i in range(3)))
     distance *= 1.0 + _smooth_field(rng, shape, 24.0, spacing, 0.12)  # irregular boundary
     core_fraction = rng.uniform(0.45, 0.65)
-    rim_mm = max(5.0, core_fraction * radii.mean() * rng.uniform(0.35, 0.55))
+    rim_mm = max(5.0, 1.5 * spacing, core_fraction * radii.mean() * rng.uniform(0.35, 0.55))
     necrosis_fraction = max(0.0, core_fraction - rim_mm / radii.mean())
     in_brain = brain > 0.5
     labels = np.zeros(shape, dtype=np.uint8)
