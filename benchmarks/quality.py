@@ -413,33 +413,37 @@ def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> 
     for i, t in enumerate(trainers):
         stats = np.array([seed_stats(results[t], s, "mean") for s in subsets])
         ax.bar(np.arange(len(subsets)) + (i - (len(trainers) - 1) / 2) * width, stats[:, 0], width, yerr=np.nan_to_num(stats[:, 1]),
-               label=f"{TRAINERS.get(t, t)} ({len(results[t])} seeds)", capsize=2)
+               label=f"{TRAINERS.get(t, t)} (seeds {','.join(map(str, sorted(results[t])))})", capsize=2)
     ax.set_xticks(np.arange(len(subsets)), [s.replace("+", "+\n") for s in subsets], fontsize=7)
     ax.set_ylabel("Dice (mean of WT, TC, ET)")
     ax.set_title("Quality benchmark: Dice per available-modality subset (test cases, mean ± std over seeds)")
-    ax.legend(fontsize=7, ncol=4, loc="lower right")
-    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=4, loc="upper center")
+    ax.set_ylim(0, 1.15)
     fig.tight_layout()
     subsets_png = figures / "quality_subsets.png"
     fig.savefig(subsets_png, dpi=110)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, t in enumerate(trainers):
         for seed in sorted(results[t]):
             path = work_dir / "curves" / f"{t}_seed{seed}.json"
             if not path.is_file():
                 continue
             curves = json.loads(path.read_text())
-            style = dict(color=f"C{i}", alpha=0.8, label=TRAINERS.get(t, t) if seed == min(results[t]) else None)
-            axes[0].plot(curves["ema_fg_dice"], **style)
-            axes[1].plot([d[-1] for d in curves["dice_per_class_or_region"]], **style)
-    axes[0].set_title("validation pseudo-Dice (EMA, mean of regions)")
-    axes[1].set_title("validation pseudo-Dice of ET (per epoch)")
-    for ax in axes:
+            style = dict(color=f"C{i}", alpha=0.7, lw=1, label=TRAINERS.get(t, t) if seed == min(results[t]) else None)
+            axes[0].plot(curves["train_losses"], **style)
+            axes[1].plot(curves["mean_fg_dice"], **style)
+            axes[2].plot([d[-1] for d in curves["dice_per_class_or_region"]], **style)
+    for ax, title in zip(axes, ("training loss (Dice + CE, deep supervision)", "validation pseudo-Dice (mean of regions)",
+                                "validation pseudo-Dice of ET")):
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.set_ylim(0, 1)
+    axes[1].set_ylim(0, 1)
+    axes[2].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
+    fig.suptitle("one line per seed; validation on fold 0's validation cases with each trainer's own handling of "
+                 "their missing modalities", fontsize=9)
     fig.tight_layout()
     curves_png = figures / "quality_curves.png"
     fig.savefig(curves_png, dpi=110)
