@@ -27,7 +27,7 @@ from torch._dynamo import OptimizedModule
 from nnunetv2_dmaf.architecture.dmaf_net import DMAFFeatures, DMAFNet, build_dmaf_net_from_plans
 from nnunetv2_dmaf.training.distillation import LOSS_NAMES, CrossModalDistillation, DistillationSettings
 from nnunetv2_dmaf.training.dtm import DynamicTrainingMonitor, per_sample_soft_dice_loss
-from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import nnUNetTrainerZeroFilled
+from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import TINY_SCHEDULE, nnUNetTrainerZeroFilled
 
 
 class MissingModalityMaskError(RuntimeError):
@@ -250,12 +250,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
 class nnUNetTrainerDMAF_tiny(nnUNetTrainerDMAF):
     """A few iterations only: for smoke tests and CPU demos, not for real training."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
+    fixed_schedule = TINY_SCHEDULE
 
 
 # ---------------------------------------------------------------------- ablations (quality benchmark)

@@ -84,6 +84,8 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
 
     #: extra uniform per-modality drop probability on top of the configured rates (subclasses)
     extra_channel_drop_probability: float = 0.0
+    #: schedule attributes a subclass fixes (e.g. the _tiny smoke-test variants); they win over the environment
+    fixed_schedule: dict = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -95,7 +97,7 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
         except (ValueError, FileNotFoundError, AvailabilityTableError) as e:
             configuration_error_exit(e)
         self.dmaf_seed = schedule.pop("seed", None)
-        for key, value in schedule.items():
+        for key, value in {**schedule, **self.fixed_schedule}.items():
             setattr(self, key, value)
         if self.dmaf_seed is not None:  # before initialize() builds the network
             random.seed(self.dmaf_seed)
@@ -240,12 +242,11 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
             "table, or unset both to reuse the checkpoint's setup"))
 
 
+#: the _tiny variants' schedule: 2 epochs of 4 iterations (smoke tests and CPU demos only)
+TINY_SCHEDULE = {"num_epochs": 2, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 2}
+
+
 class nnUNetTrainerZeroFilled_tiny(nnUNetTrainerZeroFilled):
     """A few iterations only: for smoke tests and CPU demos."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 4
-        self.num_val_iterations_per_epoch = 2
+    fixed_schedule = TINY_SCHEDULE
