@@ -62,7 +62,8 @@ class DMAFFeatures:
     modality_features: per level l, e^m_l stacked [B, M, C_l, *S_l] (zeros where missing).
     fused_features: per level, f_l [B, C_l, *S_l] (the DMAF output before the 1x1 projection).
     attention_maps: per level, Att_map [B, M, C_l, *grid_l].
-    modality_mask: bool [B, M]. pair_index: long [P, 2] (sample, modality) of the present pairs.
+    modality_mask: bool [B, M] (CPU). pair_index: long [P, 2] (sample, modality) of the present pairs,
+        on the device; pair_index_host: the same on the CPU.
     unimodal_logits: shared decoder outputs for the pairs, [P, K, *S] per deep-supervision scale
         (full resolution first), or None without the uni-modal decoder.
     distillation_level: index of level L. student_tokens: e^m_L of the pairs [P, T, C_L];
@@ -80,6 +81,7 @@ class DMAFFeatures:
     teacher_tokens: torch.Tensor | None = None
     cca_projection: torch.Tensor | None = None
     maa_output: torch.Tensor | None = None
+    pair_index_host: torch.Tensor | None = None
 
 
 def default_modality_width_factor(num_modalities: int) -> float:
@@ -209,7 +211,10 @@ class DMAFNet(nn.Module):
         self.inference_modality_mask = mask
 
     def check_inputs(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validates x / modality_mask and returns the bool mask [B, M] to use."""
+        """Validates x / modality_mask and returns the bool mask [B, M] to use, ON THE CPU.
+
+        A mask given on the CPU (as nnU-Net's data loader delivers it) costs no host-device
+        synchronisation; a device mask, or one inferred from all-zero channels, costs one copy."""
         expected_ndim = 2 + self.spatial_dims
         if x.ndim != expected_ndim:
             raise ValueError(f"DMAFNet ({self.spatial_dims}D) expects input of shape [B, M, {'D, ' if self.spatial_dims == 3 else ''}H, W] "
@@ -218,32 +223,33 @@ class DMAFNet(nn.Module):
             raise ValueError(f"DMAFNet was built for {self.num_modalities} modalities (the channels in the plans' "
                              f"dataset.json), but the input has {x.shape[1]} channels (shape {tuple(x.shape)})")
         if modality_mask is None and self.inference_modality_mask is not None:
-            fixed = self.inference_modality_mask.to(x.device)  # [M] for every sample, or [B, M]
+            fixed = self.inference_modality_mask  # [M] for every sample, or [B, M]
             modality_mask = fixed.unsqueeze(0).expand(x.shape[0], -1) if fixed.ndim == 1 else fixed
         if modality_mask is None:
-            return infer_modality_mask(x)
+            return infer_modality_mask(x).cpu()
         if tuple(modality_mask.shape) != (x.shape[0], self.num_modalities):
             raise ValueError(f"modality_mask must have shape [B, M] = [{x.shape[0]}, {self.num_modalities}], "
                              f"got {tuple(modality_mask.shape)}")
-        mask = modality_mask.to(device=x.device, dtype=torch.bool)
+        mask = modality_mask.to(device="cpu", dtype=torch.bool)
         if not bool(mask.any(1).all()):
             raise ValueError("modality_mask marks every modality of a sample as missing; at least one must be present")
         return mask
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Runs each modality encoder on the samples that have that modality.
-
-        Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
+        """Runs each modality encoder on the samples that have that modality (mask: bool [B, M] on
+        the CPU). Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
         batch = x.shape[0]
         outputs: list[list[torch.Tensor] | None] = [None] * self.num_modalities
         for m, encoder in enumerate(self.encoders):
             rows = torch.nonzero(mask[:, m], as_tuple=False).flatten()
             if rows.numel() == 0:
                 continue  # missing in the whole batch: no compute, no gradient
-            skips = encoder(x[rows, m:m + 1]) if rows.numel() < batch else encoder(x[:, m:m + 1])
-            if rows.numel() < batch:
-                skips = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
-            outputs[m] = skips
+            if rows.numel() == batch:
+                outputs[m] = encoder(x[:, m:m + 1])
+                continue
+            rows = rows.to(x.device, non_blocking=True)
+            skips = encoder(x[rows, m:m + 1])
+            outputs[m] = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
         reference = next(o for o in outputs if o is not None)  # check_inputs guarantees one
         return [torch.stack([o[s] if o is not None else torch.zeros_like(ref) for o in outputs], 1)
                 for s, ref in enumerate(reference)]
@@ -261,7 +267,8 @@ class DMAFNet(nn.Module):
     def training_features(self, modality_features: list[torch.Tensor], fused: list[torch.Tensor],
                           maps: list[torch.Tensor], mask: torch.Tensor) -> DMAFFeatures:
         """Runs the shared uni-modal decoder on the present pairs and the distillation heads at L."""
-        pairs = torch.nonzero(mask, as_tuple=False)  # [P, 2] (sample, modality)
+        pairs_host = torch.nonzero(mask, as_tuple=False)  # [P, 2] (sample, modality), CPU
+        pairs = pairs_host.to(fused[0].device, non_blocking=True)
         b_idx, m_idx = pairs[:, 0], pairs[:, 1]
         unimodal = None
         if self.unimodal_decoder is not None:
@@ -274,7 +281,7 @@ class DMAFNet(nn.Module):
         teacher_tokens = level_tokens(f_l, self.distillation_grid)
         return DMAFFeatures(modality_features, fused, maps, mask, pairs, unimodal, level, student_tokens,
                             teacher_tokens, self.cca_projection(e_l.flatten(2), m_idx),
-                            self.attention_alignment(student_tokens, teacher_tokens))
+                            self.attention_alignment(student_tokens, teacher_tokens), pairs_host)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,
                 return_features: bool = False):
@@ -288,9 +295,9 @@ class DMAFNet(nn.Module):
             fusion-decoder logits [B, K, *S] (list of scales with deep supervision), and the features
             if requested.
         """
-        mask = self.check_inputs(x, modality_mask)
+        mask = self.check_inputs(x, modality_mask)  # CPU
         modality_features = self.encode(x, mask)
-        fused, maps = self.fuse(modality_features, mask)
+        fused, maps = self.fuse(modality_features, mask.to(x.device, non_blocking=True))
         output = self.decoder([p(f) for p, f in zip(self.fusion_projections, fused)])
         if return_features:
             return output, self.training_features(modality_features, fused, maps, mask)

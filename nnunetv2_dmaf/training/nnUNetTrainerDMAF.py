@@ -111,6 +111,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         m_count = features.modality_mask.shape[1]
         pair_modality = features.pair_index[:, 1]
         pair_sample = features.pair_index[:, 0]
+        pair_modality_host = features.pair_index_host[:, 1]
         terms: dict[str, torch.Tensor] = {"segmentation": self.loss(output, target)}
         per_modality = torch.zeros(m_count, device=output[0].device if isinstance(output, (list, tuple))
                                    else output.device)
@@ -118,7 +119,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         if features.unimodal_logits is not None:
             unimodal = torch.zeros_like(per_modality)
             for m in torch.nonzero(present_modalities).flatten().tolist():
-                rows = torch.nonzero(pair_modality == m).flatten()
+                rows = torch.nonzero(pair_modality_host == m).flatten().to(pair_modality.device, non_blocking=True)
                 logits = [u[rows] for u in features.unimodal_logits]
                 tgt = [t[pair_sample[rows]] for t in targets]
                 unimodal[m] = self.loss(logits if isinstance(output, (list, tuple)) else logits[0],
@@ -156,8 +157,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output, features = self.network(data, modality_mask=modality_mask.to(self.device, non_blocking=True),
-                                            return_features=True)
+            output, features = self.network(data, modality_mask=modality_mask, return_features=True)  # CPU mask
             loss, terms = self.compute_losses(output, features, target, present_modalities)
             if self.is_ddp:
                 loss = loss + self._unused_encoder_anchor(present_modalities)
@@ -192,7 +192,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         mask = batch.get("modality_mask")
         net = self.dmaf_network
         previous = net.inference_modality_mask
-        net.inference_modality_mask = None if mask is None else mask.bool().to(self.device, non_blocking=True)
+        net.inference_modality_mask = None if mask is None else mask.bool()  # CPU: no host-device sync
         try:
             return super().validation_step(batch)
         finally:
