@@ -243,3 +243,20 @@ def test_build_from_plans_plain_and_residual():
 
     with pytest.raises(ValueError, match="supports plans with PlainConvUNet or ResidualEncoderUNet"):
         build_dmaf_net_from_plans("some.other.Net", plain, req, 4, 2)
+
+
+def test_bfloat16_autocast_keeps_fusion_in_autocast_dtype_and_losses_finite():
+    from nnunetv2_dmaf.training.distillation import CrossModalDistillation, DistillationSettings
+    net = make_net(4, 3, deep_supervision=True).train()
+    x = torch.randn(2, 4, 16, 16, 16)
+    mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    target = [torch.rand(2, 3, *s) > 0.5 for s in ((16, 16, 16), (8, 8, 8), (4, 4, 4))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, features = net(x, mask, return_features=True)
+        terms = CrossModalDistillation(DistillationSettings(), 3, has_regions=True)(features, target)
+    assert output[0].dtype == torch.bfloat16
+    assert all(f.dtype == torch.bfloat16 for f in features.fused_features)  # full-resolution tensors stay bf16
+    assert all(a.dtype == torch.bfloat16 for a in features.attention_maps)
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in terms.values())
+    sum(v.sum() for v in terms.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

@@ -182,6 +182,51 @@ def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
 
 
+class _RecordingScaler:
+    """Stand-in for torch.amp.GradScaler on CPU: scales the loss by 4, records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return loss * 4
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(4)
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+
+
+def test_grad_scaler_path_unscales_before_dtm_scaling(trainer_factory):
+    trainer = trainer_factory()
+    trainer.initialize()
+    train_loader, _ = trainer.get_dataloaders()
+    batch = next(train_loader)
+    net = trainer.dmaf_network
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer.dtm.grad_scales = np.array([1.0, 0.5, 1.0, 1.0])
+    torch.manual_seed(0)
+    trainer.train_step(batch)
+    plain = [p.grad.clone() for p in net.encoders[1].parameters()]
+    net.load_state_dict(state)
+    trainer.grad_scaler = _RecordingScaler()
+    torch.manual_seed(0)
+    trainer.train_step(batch)
+    assert trainer.grad_scaler.calls == ["scale", "unscale_", "step", "update"]
+    for a, b in zip(plain, net.encoders[1].parameters()):
+        torch.testing.assert_close(b.grad, a, rtol=1e-4, atol=1e-7)
+
+
 def test_dtm_logged_and_checkpointed_and_resume_config_checked(trainer_factory, demo_model, tmp_path, capsys):
     trainer = trainer_factory(nnUNet_dmaf_missing_rates="FLAIR:0.6,T1:0.2")
     trainer.initialize()
