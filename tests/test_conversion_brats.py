@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_exit import exit_status
 import SimpleITK as sitk
 
 from dataset_conversion import convert_brats
@@ -83,7 +84,7 @@ def test_brats2020_with_misnamed_case_355(tmp_path):
     (data / "name_mapping.csv").write_text("BraTS_2020_subject_ID\n")
     before = tree_digest(tmp_path)
     root = tmp_path / "raw"
-    convert_brats.main(["-i", str(data), "-y", "2020", "--output-root", str(root), "-np", "1"])
+    assert exit_status(convert_brats.main, ["-i", str(data), "-y", "2020", "--output-root", str(root), "-np", "1"]) == 0
 
     dataset = root / "Dataset520_BraTS2020"
     meta = json.loads((dataset / "dataset.json").read_text())
@@ -122,8 +123,8 @@ def test_brats2021_custom_id_and_name(tmp_path):
     for case_id in ("BraTS2021_00000", "BraTS2021_00002"):
         make_case(tmp_path / "BraTS2021_Training_Data", case_id)
     root = tmp_path / "raw"
-    convert_brats.main(["-i", str(tmp_path / "BraTS2021_Training_Data"), "-y", "2021", "-d", "137",
-                        "-n", "BraTS21", "--output-root", str(root), "-np", "1"])
+    assert exit_status(convert_brats.main, ["-i", str(tmp_path / "BraTS2021_Training_Data"), "-y", "2021", "-d", "137",
+                        "-n", "BraTS21", "--output-root", str(root), "-np", "1"]) == 0
     dataset = root / "Dataset137_BraTS21"
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == \
         ["BraTS2021_00000.nii.gz", "BraTS2021_00002.nii.gz"]
@@ -149,7 +150,7 @@ def test_submission_roundtrip(tmp_path, capsys):
     (predictions / "plans.json").write_text("{}")  # nnU-Net writes json files next to predictions
     before = tree_digest(predictions)
     out = tmp_path / "submission"
-    convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out), "-np", "1"])
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "-np", "1"]) == 0
     assert tree_digest(predictions) == before
     assert [p.name for p in out.iterdir()] == ["BraTS20_Validation_001.nii.gz"]
     image = sitk.ReadImage(str(out / "BraTS20_Validation_001.nii.gz"))
@@ -160,7 +161,8 @@ def test_submission_roundtrip(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # existing output files need --overwrite
         convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out)])
     assert exit_info.value.code == 1 and "--overwrite" in capsys.readouterr().err
-    convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out), "--overwrite", "-np", "1"])
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "--overwrite",
+                       "-np", "1"]) == 0
     with pytest.raises(ConversionError, match="must differ"):
         convert_brats.convert_predictions_to_brats(predictions, predictions)
 
