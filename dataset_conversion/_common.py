@@ -43,12 +43,10 @@ class ConversionUsageError(UsageError, ConversionError):
 
 
 def format_list(items: Iterable[object], limit: int = _MAX_LISTED) -> str:
-    """Indented multi-line listing of ``items`` (at most ``limit`` shown)."""
+    """`` a, b, c`` (one line; at most ``limit`` shown, then ``... and N more``)."""
     items = [str(i) for i in items]
-    shown = [f"\n  {i}" for i in items[:limit]]
-    if len(items) > limit:
-        shown.append(f"\n  ... and {len(items) - limit} more")
-    return "".join(shown)
+    shown = items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+    return " " + ", ".join(shown)
 
 
 # ----------------------------------------------------------------------------------------- output

@@ -40,7 +40,8 @@ from dataset_conversion.import_imbalanced_split import (case_id_from_data_name, 
                                                         masks_in_channel_order, read_split_table,
                                                         resolve_dataset_folder)
 from nnunetv2_dmaf.atomic_files import write_text_atomic
-from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
+from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
+                                        write_availability_table)
 from nnunetv2_dmaf.csv_input import read_text
 from nnunetv2_dmaf.user_errors import run_main
 
@@ -200,18 +201,28 @@ def _move_test_cases(folder: Path, cases: Sequence[str], num_channels: int, file
         raise
 
 
+def _same_availability(protocol: Protocol, path: Path) -> bool:
+    try:
+        existing = read_availability_table(path, protocol.channel_names)
+    except (AvailabilityTableError, OSError):
+        return False
+    return existing.keys() == protocol.availability.keys() and \
+        all(np.array_equal(existing[c], protocol.availability[c]) for c in existing)
+
+
 def apply_protocol(protocol: Protocol, splits_path: Path, overwrite: bool = False) -> list[Path]:
     """Moves the test cases, updates dataset.json, writes splits_final.json (and the availability
     table); returns the written files. An existing different splits_final.json / availability table
     is replaced only with ``overwrite``."""
     folder = protocol.dataset_folder
     splits_text = json.dumps(protocol.splits, indent=4) + "\n"
-    outputs: list[tuple[Path, str | None]] = [(splits_path, splits_text)]
-    if protocol.availability is not None:
-        outputs.append((availability_table_path(folder), None))
-    for path, text in outputs:
-        if path.exists() and not overwrite and (text is None or path.read_text() != text):
-            raise ConversionError(f"{path} already exists; pass --overwrite to replace it")
+    table_path = availability_table_path(folder)
+    refused = [path for path, same in ((splits_path, lambda: splits_path.read_text() == splits_text),
+                                       (table_path, lambda: _same_availability(protocol, table_path)))
+               if path.exists() and not overwrite and not (path == table_path and protocol.availability is None)
+               and not same()]
+    if refused:
+        raise ConversionError(f"{refused[0]} already exists with other content; pass --overwrite to replace it")
     meta = _dataset_meta(folder)
     if protocol.to_move:
         _move_test_cases(folder, protocol.to_move, len(protocol.channel_names), meta.get("file_ending", ".nii.gz"))
