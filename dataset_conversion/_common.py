@@ -151,7 +151,7 @@ class _HasGeometry(Protocol):
     def GetDirection(self) -> tuple: ...
 
 
-def _check_nifti_complete(path: Path) -> None:
+def check_nifti_complete(path: Path) -> None:
     """Raises if a NIfTI file has an unreadable header, broken gzip data or too few data bytes
     (SimpleITK silently reads truncated files)."""
     name = path.name.lower()
@@ -187,7 +187,7 @@ def _require_file(path: Path) -> None:
 def read_header(path: Path) -> sitk.ImageFileReader:
     """Geometry of a complete, readable image without loading its voxels."""
     _require_file(path)
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -200,7 +200,7 @@ def read_header(path: Path) -> sitk.ImageFileReader:
 def read_image(path: Path) -> sitk.Image:
     """The image at ``path``; ConversionError naming it if missing, truncated or unreadable."""
     _require_file(path)
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:

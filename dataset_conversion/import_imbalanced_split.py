@@ -34,18 +34,14 @@ import numpy as np
 from dataset_conversion._common import ConversionError, ConversionUsageError, format_list, output_root
 from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
 from nnunetv2_dmaf.csv_input import read_csv_rows
+from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
+                                                        MYOPS_TABLE_MODALITIES, table_modality_index)
 from nnunetv2_dmaf.user_errors import run_main
 
 #: mask order of the published BraTS tables
-TABLE_MODALITIES: tuple[str, ...] = ("flair", "t1ce", "t1", "t2")
-#: mask order of the published MyoPS 2020 long-tail tables
-MYOPS_TABLE_MODALITIES: tuple[str, ...] = ("c0", "de", "t2")
+TABLE_MODALITIES: tuple[str, ...] = BRATS_TABLE_MODALITIES
 #: table modality order by mask length
-TABLE_MODALITIES_BY_LENGTH: dict[int, tuple[str, ...]] = {4: TABLE_MODALITIES, 3: MYOPS_TABLE_MODALITIES}
-#: dataset.json channel names (lower case) accepted for a table modality
-MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
-    "flair": ("flair", "t2f"), "t1ce": ("t1ce", "t1c", "t1gd"), "t1": ("t1", "t1n", "t1w"), "t2": ("t2", "t2w"),
-    "c0": ("c0", "bssfp"), "de": ("de", "lge")}
+TABLE_MODALITIES_BY_LENGTH: dict[int, tuple[str, ...]] = {4: BRATS_TABLE_MODALITIES, 3: MYOPS_TABLE_MODALITIES}
 GRADE_PREFIXES: tuple[str, ...] = ("HG_", "LG_")
 
 
@@ -158,17 +154,17 @@ def table_to_channel_index(channel_names: Sequence[str],
                            table_modalities: Sequence[str] = TABLE_MODALITIES) -> list[int]:
     """For each dataset channel (in order) the index of its modality in ``table_modalities``, matched
     by name through ``MODALITY_ALIASES`` (case-insensitive)."""
-    keys = [n.strip().lower() for n in channel_names]
-    modality_of = {alias: m for m in table_modalities for alias in MODALITY_ALIASES.get(m, (m,))}
-    unknown = [n for n, k in zip(channel_names, keys) if k not in modality_of]
-    mapped = [modality_of[k] for k in keys if k in modality_of]
-    absent = [m for m in table_modalities if m not in mapped]
-    if unknown or absent or len(set(mapped)) != len(mapped) or len(keys) != len(table_modalities):
+    index = table_modality_index(channel_names, table_modalities)
+    if index is None:
+        keys = [n.strip().lower() for n in channel_names]
+        modality_of = {alias: m for m in table_modalities for alias in MODALITY_ALIASES.get(m, (m,))}
+        unknown = [n for n, k in zip(channel_names, keys) if k not in modality_of]
+        absent = [m for m in table_modalities if m not in {modality_of.get(k) for k in keys}]
         raise ConversionError(f"the dataset's channel names {list(channel_names)} must match the split table's "
                               f"modalities {list(table_modalities)} (case-insensitive)"
                               + (f"; no table modality for {unknown}" if unknown else "")
                               + (f"; no channel for {absent}" if absent else ""))
-    return [table_modalities.index(modality_of[k]) for k in keys]
+    return index
 
 
 def masks_in_channel_order(table: SplitTable, channel_names: Sequence[str]) -> dict[str, np.ndarray]:
