@@ -131,6 +131,58 @@ def test_brats2021_custom_id_and_name(tmp_path):
     assert_converted_case(dataset, "BraTS2021_00002")
 
 
+def make_case_2023(parent: Path, case_id: str, with_seg: bool = True, seg: np.ndarray | None = None) -> None:
+    """A BraTS 2023+ case folder: BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz."""
+    folder = parent / case_id
+    folder.mkdir(parents=True)
+    for suffix, modality in zip(("t1n", "t1c", "t2w", "t2f"), ("t1", "t1ce", "t2", "flair")):
+        write_image(folder / f"{case_id}-{suffix}.nii.gz", np.full(SHAPE, MODALITY_VALUES[modality], dtype=np.int16))
+    if with_seg:
+        if seg is None:
+            seg = np.zeros(SHAPE, dtype=np.uint8)
+            seg[1], seg[2], seg[3] = 1, 2, 3  # NCR, ED, ET
+        write_image(folder / f"{case_id}-seg.nii.gz", seg)
+
+
+def test_brats2023_gli_training_validation_and_submission(tmp_path):
+    train, val = tmp_path / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", tmp_path / "validation"
+    make_case_2023(train, "BraTS-GLI-00000-000")
+    make_case_2023(train, "BraTS-GLI-00002-000")
+    make_case_2023(val, "BraTS-GLI-00001-000", with_seg=False)
+    root = tmp_path / "raw"
+    assert exit_status(convert_brats.main, ["-i", str(train), "-y", "2023", "--validation-input", str(val),
+                                            "--output-root", str(root), "-np", "1"]) == 0
+    dataset = root / "Dataset540_BraTS2023GLI"
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert meta["labels"]["enhancing tumor"] == [3] and meta["numTraining"] == 2
+    assert_converted_case(dataset, "BraTS-GLI-00002-000")  # ED -> 1, NCR -> 2, ET -> 3, channels by content
+    assert_converted_case(dataset, "BraTS-GLI-00001-000", labelled=False)
+    out = tmp_path / "submission"
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(dataset / "labelsTr"), "-o", str(out),
+                                                          "-y", "2023"]) == 0
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "BraTS-GLI-00000-000.nii.gz")))
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(train / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")))
+    np.testing.assert_array_equal(back, original)
+
+
+def test_brats2024_task_detection_and_label_4_refused(tmp_path, capsys):
+    seg = np.zeros(SHAPE, dtype=np.uint8)
+    seg[1] = 4  # post-treatment resection cavity
+    make_case_2023(tmp_path / "men", "BraTS-MEN-00004-000")
+    make_case_2023(tmp_path / "gli", "BraTS-GLI-02000-100", seg=seg)
+    root = tmp_path / "raw"
+    dataset = convert_brats.convert_brats(tmp_path / "men", 2024, output_root_folder=root)
+    assert dataset == root / "Dataset551_BraTS2024MEN"
+    with pytest.raises(ConversionError, match=r"BraTS-GLI-02000-100-seg\.nii\.gz: unexpected label values 4"):
+        convert_brats.convert_brats(tmp_path / "gli", 2024, output_root_folder=root)
+    make_case_2023(tmp_path / "men", "BraTS-GLI-00003-000")
+    assert exit_status(convert_brats.main, ["-i", str(tmp_path / "men"), "-y", "2024", "--output-root",
+                                            str(tmp_path / "raw2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "several tasks (GLI, MEN)" in err and "--task" in err
+
+
 def test_label_mapping_is_nnunets_and_inverse_exact():
     nnunet = importlib.import_module("nnunetv2.dataset_conversion.Dataset137_BraTS21")
     brats = np.array([0, 1, 2, 4, 4, 2], dtype=np.uint8)

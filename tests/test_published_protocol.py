@@ -178,3 +178,48 @@ def test_myops_predictions_back_to_myops_values(tmp_path):
     out = sitk.ReadImage(str(tmp_path / "sub" / "case.nii.gz"))
     assert sitk.GetArrayFromImage(out).ravel().tolist() == [0, 200, 500, 600, 1220, 2221]
     assert out.GetSpacing() == (1.25, 1.25, 8.0)
+
+
+# ------------------------------------------------------------------------------ MSD Task01 route
+def test_msd_task01_channel_names_work_with_rates_tables_and_et(tmp_path):
+    """nnU-Net's own MSD converter, then our availability import, missing rates and ET rule by name."""
+    import os
+    import subprocess
+
+    from dataset_conversion import import_imbalanced_split as imp
+    from nnunetv2_dmaf.evaluation.subset_evaluation import evaluation_regions
+    from nnunetv2_dmaf.training.modality_dropout import parse_missing_rates
+
+    task = tmp_path / "Task01_BrainTumour"
+    for sub in ("imagesTr", "labelsTr", "imagesTs"):
+        (task / sub).mkdir(parents=True)
+    cases = [f"BRATS_{i:03d}" for i in (1, 2, 3)]
+    for case in cases:
+        image = sitk.JoinSeries([sitk.GetImageFromArray(np.full((4, 5, 6), c + 1, np.float32)) for c in range(4)])
+        sitk.WriteImage(image, str(task / "imagesTr" / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.uint8)), str(task / "labelsTr" / f"{case}.nii.gz"))
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "BRATS", "modality": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+        "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+        "numTraining": 3, "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+                                       for c in cases], "test": []}))
+    env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw"), "nnUNet_preprocessed": str(tmp_path / "pre"),
+           "nnUNet_results": str(tmp_path / "results")}
+    subprocess.run(["nnUNetv2_convert_MSD_dataset", "-i", str(task), "-np", "1"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    folder = tmp_path / "raw" / "Dataset001_BrainTumour"
+    meta = json.loads((folder / "dataset.json").read_text())
+    names_ = [meta["channel_names"][str(i)] for i in range(4)]
+    assert names_ == ["FLAIR", "T1w", "t1gd", "T2w"]
+    # a published-format table ([flair, t1ce, t1, t2]) lands in the right columns by name
+    table = tmp_path / "table.csv"
+    table.write_text("data_name,mask\nBRATS_001,\"[False, True, False, False]\"\nBRATS_002,\"[True, False, True, "
+                     "True]\"\nBRATS_003,\"[False, False, False, True]\"\n")
+    imp.import_split(table, folder)
+    availability = read_availability_table(folder / AVAILABILITY_FILENAME, names_)
+    assert availability["BRATS_001"].tolist() == [False, False, True, False]  # t1ce = t1gd
+    assert availability["BRATS_002"].tolist() == [True, True, False, True]
+    np.testing.assert_allclose(parse_missing_rates("flair:0.6,T1W:0.2,t1gd:0.4,t2w:0.8", names_),
+                               [0.6, 0.2, 0.4, 0.8])
+    regions = evaluation_regions(meta, et_postprocess_voxels=500)
+    assert [r.name for r in regions][-2:] == ["enhancing tumour", "enhancing tumour (post-processed)"]
