@@ -103,8 +103,8 @@ def staged_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
     staging = target.parent / f".{target.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    try:  # mkdir inside: a signal right after it must still remove the folder
+        staging.mkdir()
         yield staging
         if target.exists():
             if not overwrite:
@@ -134,8 +134,8 @@ def staged_files(folder: Path) -> Iterator[Path]:
         return
     remove_leftovers(folder)
     staging = folder.parent / f".{folder.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
+        staging.mkdir()
         yield staging
         for path in sorted(staging.iterdir()):
             os.replace(path, folder / path.name)

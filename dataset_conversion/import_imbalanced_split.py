@@ -179,12 +179,12 @@ def import_split(table_path: Path, dataset_folder: Path, output: Path | None = N
     """Writes the availability table for ``dataset_folder`` from a published split table."""
     dataset_folder = Path(dataset_folder)
     output = Path(output) if output is not None else availability_table_path(dataset_folder)
-    if output.exists() and not overwrite:
-        raise ConversionError(f"{output} already exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
         raise ConversionUsageError(f"output folder {output.parent} does not exist")
     if output.is_dir():
         raise ConversionUsageError(f"output {output} is a folder, expected a file name")
+    if output.exists() and not overwrite:
+        raise ConversionError(f"{output} already exists; pass --overwrite to replace it")
     channel_names, cases = dataset_channels_and_cases(dataset_folder)
     split = masks_in_channel_order(read_split_table(table_path), channel_names)
     skipped = sorted(set(split) - set(cases))
