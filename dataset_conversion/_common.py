@@ -299,7 +299,7 @@ def convert_label_folder(input_folder: Path, output_folder: Path, mapping: Mappi
     ``output_folder``, all files or none; returns the written files. Inputs are never modified."""
     input_folder, output_folder = Path(input_folder), Path(output_folder)
     if not input_folder.is_dir():
-        raise ConversionError(f"input folder not found: {input_folder}")
+        raise ConversionUsageError(f"input folder not found: {input_folder}")
     if output_folder.resolve() == input_folder.resolve():
         raise ConversionUsageError("the output folder must differ from the input folder (inputs are never "
                                    "overwritten)")

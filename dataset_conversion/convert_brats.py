@@ -150,7 +150,7 @@ def find_cases(folder: Path, release: BratsRelease | int, with_label: bool) -> l
     release = RELEASES[release] if isinstance(release, int) else release
     folder = Path(folder)
     if not folder.is_dir():
-        raise ConversionError(f"input folder not found: {folder}")
+        raise ConversionUsageError(f"input folder not found: {folder}")
     roots = [folder, *(folder / g for g in GRADE_FOLDERS if (folder / g).is_dir())]
     case_dirs = [p for root in roots for p in root.iterdir()
                  if p.is_dir() and p.name.lower().startswith(release.case_prefix.lower())]

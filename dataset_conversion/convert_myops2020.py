@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError,
+from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError, ConversionUsageError,
                                         add_output_arguments, add_processes_argument, check_output_target,
                                         convert_case, convert_case_slices, convert_label_folder, dataset_folder,
                                         output_root, remap_labels, write_dataset)
@@ -78,7 +78,7 @@ def _case_file(folder: Path, case_id: str, suffix: str) -> Path:
 
 def _case_ids(folder: Path, pattern: re.Pattern) -> set[str]:
     if not folder.is_dir():
-        raise ConversionError(f"input folder not found: {folder}")
+        raise ConversionUsageError(f"input folder not found: {folder}")
     return {m["case"] for f in folder.iterdir() if f.is_file() and (m := pattern.match(f.name))}
 
 
