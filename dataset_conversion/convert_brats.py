@@ -27,7 +27,6 @@ release's mapping (``-y``) to a folder of predictions.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +37,7 @@ from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, C
                                         ConversionUsageError, add_output_arguments, add_processes_argument,
                                         check_output_target, convert_label_folder, dataset_folder, format_list,
                                         output_root, remap_labels, write_dataset)
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: (file suffix, nnU-Net channel name) in nnU-Net channel order
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_convert_brats",
         description="Converts BraTS 2018 (HGG/LGG), 2020, 2021 or 2023/2024 (GLI, MEN, MET, PED, SSA) training data "
                     "(and optionally validation data) to nnU-Net raw format: channels T1, T1ce, T2, FLAIR (2023+: "
@@ -239,7 +239,7 @@ def main_to_submission(argv: Sequence[str] | None = None) -> None:
 
 
 def _main_to_submission(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_brats_to_submission",
         description="Converts nnU-Net BraTS predictions (labels 0/1/2/3 as written by nnUNetv2_predict) back to "
                     "the BraTS convention: up to 2021 1 -> 2 edema, 2 -> 1 necrosis, 3 -> 4 enhancing; 2023+ "

@@ -27,7 +27,6 @@ MyoPS label values.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 from typing import Sequence
@@ -38,6 +37,7 @@ from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, C
                                         add_output_arguments, add_processes_argument, check_output_target,
                                         convert_case, convert_case_slices, convert_label_folder, dataset_folder,
                                         output_root, remap_labels, write_dataset)
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 CHANNEL_NAMES: tuple[str, ...] = ("C0", "DE", "T2")
@@ -104,7 +104,7 @@ def convert_myops2020(input_folder: Path | None = None, dataset_id: int = DEFAUL
     nothing unless every case converts (raises ConversionError otherwise)."""
     base = Path(input_folder) if input_folder is not None else None
     if base is None and (train_images is None or train_labels is None):
-        raise ConversionError("give the MyoPS folder (-i) or both --train-images and --train-labels")
+        raise ConversionUsageError("give the MyoPS folder (-i) or both --train-images and --train-labels")
     train_images = Path(train_images) if train_images else base / TRAIN_IMAGES
     train_labels = Path(train_labels) if train_labels else base / TRAIN_LABELS
     if test_images is None and base is not None and (base / TEST_IMAGES).is_dir():
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_convert_myops",
         description="Converts MyoPS 2020 (C0, DE, T2; labels 200/500/600/1220/2221) to nnU-Net raw format: "
                     "channels C0, DE, T2; labels 200->1 myocardium, 500->2 LV, 600->3 RV, 1220->4 edema, "
@@ -164,7 +164,7 @@ def main_to_submission(argv: Sequence[str] | None = None) -> None:
 
 
 def _main_to_submission(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_myops_to_submission",
         description="Converts nnU-Net MyoPS predictions (labels 0-5 as written by nnUNetv2_predict) back to the MyoPS "
                     "label values: 1 -> 200 normal myocardium, 2 -> 500 LV, 3 -> 600 RV, 4 -> 1220 edema, "

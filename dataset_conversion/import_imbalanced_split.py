@@ -21,7 +21,6 @@ missing rates x 10 in the order T1, T1ce, FLAIR, T2 (``mr2468``: T1 0.2, T1ce 0.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import sys
@@ -36,6 +35,7 @@ from nnunetv2_dmaf.availability import AvailabilityTableError, availability_tabl
 from nnunetv2_dmaf.csv_input import read_csv_rows
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
                                                         MYOPS_TABLE_MODALITIES, table_modality_index)
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: mask order of the published BraTS tables
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_import_split",
         description="Turns a published imbalanced-missing-modality split table (data_name, mask as "
                     "[flair, t1ce, t1, t2] or MyoPS [C0, DE, T2] booleans) into modality_availability.csv "

@@ -25,7 +25,6 @@ second run with the same lists is a no-op check (already moved test cases are re
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -43,6 +42,7 @@ from nnunetv2_dmaf.atomic_files import write_text_atomic
 from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
                                         write_availability_table)
 from nnunetv2_dmaf.csv_input import read_text
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 SPLITS_FILENAME = "splits_final.json"
@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_apply_protocol",
         description="Applies a published train/val/test protocol to a converted nnU-Net raw dataset: moves the "
                     "test cases to imagesTs/labelsTs, writes splits_final.json (fold 0 = train list vs val list; "

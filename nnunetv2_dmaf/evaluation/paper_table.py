@@ -10,7 +10,6 @@ channel names), ``ours``: fewest modalities first, then channel order. Post-proc
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from nnunetv2_dmaf.csv_input import read_text
 from nnunetv2_dmaf.evaluation.paper_conventions import paper_subset_order
 from nnunetv2_dmaf.evaluation.report import MEAN_ROW, summarize
 from nnunetv2_dmaf.modalities import all_modality_subsets, subset_name
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 SETTINGS_FILE = "evaluation_settings.json"
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_paper_table",
         description="Prints the table a paper shows from an nnUNetv2_dmaf_evaluate_subsets output folder: rows = "
                     "modality subsets (published order or ours), columns = regions (post-processed ET next to raw "

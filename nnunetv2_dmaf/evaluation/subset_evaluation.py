@@ -58,6 +58,7 @@ from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_ca
 from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
                                                 subset_name)
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
+from dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded
@@ -243,7 +244,7 @@ def per_case_columns(regions: Sequence[Region]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_evaluate_subsets",
         description="Predict labelled test cases with every non-empty modality subset and tabulate Dice and "
                     "HD95 per region, per subset and averaged over subsets (CSV, JSON, Markdown, PNG heat map, "
