@@ -129,31 +129,11 @@ def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path)
     assert rows == SUBSETS + ["mean over subsets"]
 
 
-def test_continue_predicts_only_what_is_missing(demo_model, evaluation, tmp_path):
-    out, _ = evaluation
-    resumed = tmp_path / "eval"
-    resumed.mkdir()
-    shutil.copy(out / "evaluation_settings.json", resumed)
-    full = pd.read_csv(out / "per_case.csv")
-    full.iloc[:12].to_csv(resumed / "per_case.csv", index=False)  # as if killed after 12 predictions
-    data = demo_model.dataset_folder
-    args = ["nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(data / "labelsTs"),
-            "-o", str(resumed), *MODEL, "--cases", CASE, "--et_postprocess_voxels", "500"]
-    result = demo_model.run(*args, "--continue")
-    assert "continuing: 12 prediction(s)" in result.stdout and "3/3" in result.stderr
-    pd.testing.assert_frame_equal(pd.read_csv(resumed / "per_case.csv"), full, rtol=1e-5)
-    # other settings are refused, naming them
-    refused = demo_model.run(*args[:-1], "400", "--continue", check=False)
-    assert refused.returncode == 2 and "et_postprocess_voxels" in refused.stderr
-    assert refused.stderr.count("\n") == 1
-
-
-def test_bad_reference_labels_fail_their_case_only(demo_model, tmp_path):
-    data = demo_model.dataset_folder
-    labels = tmp_path / "labels"
+def bad_reference_labels(data, labels):
+    """Copies labelsTs to ``labels`` and damages two of them; returns (undefined value, truncated) cases."""
     shutil.copytree(data / "labelsTs", labels)
-    cases = sorted(p.name[:-len(".nii.gz")] for p in labels.iterdir())
-    undefined, truncated, good = cases[0], cases[1], cases[2]
+    cases = sorted(p.name[:-len(".nii.gz")] for p in labels.iterdir() if p.name[:-len(".nii.gz")] != CASE)
+    undefined, truncated = cases[0], cases[1]
     image = sitk.ReadImage(str(labels / f"{undefined}.nii.gz"))
     array = sitk.GetArrayFromImage(image)
     array[0, 0, 0] = 5  # not a label of dataset.json
@@ -162,10 +142,31 @@ def test_bad_reference_labels_fail_their_case_only(demo_model, tmp_path):
     sitk.WriteImage(bad, str(labels / f"{undefined}.nii.gz"), True)
     content = (labels / f"{truncated}.nii.gz").read_bytes()
     (labels / f"{truncated}.nii.gz").write_bytes(content[:len(content) // 2])
-    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
-                            "-o", str(tmp_path / "eval"), *MODEL, "--cases", undefined, truncated, good,
-                            "--disable_progress_bar", check=False)
+    return undefined, truncated
+
+
+def test_continue_and_bad_reference_labels(demo_model, evaluation, tmp_path):
+    """--continue predicts only the missing (case, subset) pairs; cases with a bad reference label fail
+    alone (named with their file), the others are evaluated, exit status 1."""
+    out, _ = evaluation
+    resumed = tmp_path / "eval"
+    resumed.mkdir()
+    shutil.copy(out / "evaluation_settings.json", resumed)
+    full = pd.read_csv(out / "per_case.csv")
+    full.iloc[:12].to_csv(resumed / "per_case.csv", index=False)  # as if killed after 12 predictions
+    data = demo_model.dataset_folder
+    labels = tmp_path / "labels"
+    undefined, truncated = bad_reference_labels(data, labels)
+    args = ["nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
+            "-o", str(resumed), *MODEL, "--cases", CASE, undefined, truncated, "--et_postprocess_voxels", "500"]
+    result = demo_model.run(*args, "--continue", check=False)
     assert result.returncode == 1
+    assert "continuing: 12 prediction(s)" in result.stdout and "3/33" in result.stderr
     assert f"{labels / undefined}.nii.gz: label value(s) 5 not defined in dataset.json" in result.stderr
     assert f"{labels / truncated}.nii.gz" in result.stderr and "truncated" in result.stderr
-    assert set(pd.read_csv(tmp_path / "eval" / "per_case.csv")["case"]) == {good}
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "per_case.csv"), full, rtol=1e-5)
+    assert json.loads((resumed / "summary.json").read_text())["metadata"]["cases"] == [CASE]
+    # other settings are refused, naming them, in one line
+    refused = demo_model.run(*args[:-1], "400", "--continue", check=False)
+    assert refused.returncode == 2 and "et_postprocess_voxels" in refused.stderr
+    assert refused.stderr.count("\n") == 1
