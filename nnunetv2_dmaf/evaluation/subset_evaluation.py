@@ -46,7 +46,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from dataset_conversion._common import ConversionError, check_nifti_complete
-from nnunetv2_dmaf.atomic_files import write_text_atomic
+from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
 from nnunetv2_dmaf.evaluation.paper_table import SETTINGS_FILE, write_paper_table
@@ -219,7 +219,8 @@ def evaluate_subsets(predictor: DMAFPredictor, cases: Sequence[EvaluationCase], 
                 if predictions_folder is not None:
                     folder = predictions_folder / name
                     folder.mkdir(parents=True, exist_ok=True)
-                    reader_writer.write_seg(segmentation, str(folder / f"{case_id}{file_ending}"), properties)
+                    with atomic_output(folder / f"{case_id}{file_ending}") as tmp:
+                        reader_writer.write_seg(segmentation, str(tmp), properties)
                 scores = score_case(segmentation, reference[0], spacing, regions, penalty, ignore_label)
                 row = {"subset": name, "num_modalities": int(sum(mask)), "case": case_id, **scores,
                        "hd95_empty_penalty_mm": empty_penalty_mm(penalty, reference.shape[1:], spacing)}
