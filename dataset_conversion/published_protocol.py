@@ -51,6 +51,8 @@ SPLITS_FILENAME = "splits_final.json"
 def read_case_list(path: Path) -> list[str]:
     """Case ids of a list file, in file order (grade prefixes removed); errors name file and line."""
     path = Path(path)
+    if path.is_dir():
+        raise ConversionUsageError(f"{path} is a folder, expected a case list file (one name per line)")
     cases: list[str] = []
     first_line: dict[str, int] = {}
     for line, text in enumerate(read_text(path).splitlines(), start=1):
