@@ -223,3 +223,23 @@ def test_msd_task01_channel_names_work_with_rates_tables_and_et(tmp_path):
                                [0.6, 0.2, 0.4, 0.8])
     regions = evaluation_regions(meta, et_postprocess_voxels=500)
     assert [r.name for r in regions][-2:] == ["enhancing tumour", "enhancing tumour (post-processed)"]
+
+
+@needs_data
+def test_paper_subset_order_is_the_published_mask_id_order():
+    """Our copy of the papers' subset order equals the mask_id -> mask pairs of every published table."""
+    from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MYOPS_TABLE_MODALITIES,
+                                                            PAPER_MASKS, paper_subset_order)
+    for pattern, modalities in (("imbalanced_splits/*.csv", BRATS_TABLE_MODALITIES),
+                                ("published_splits/myops2020/*.csv", MYOPS_TABLE_MODALITIES)):
+        pairs = set()
+        for table in DATA.glob(pattern):
+            with open(table, newline="") as f:
+                pairs |= {(int(r["mask_id"]), tuple(ast.literal_eval(r["mask"]))) for r in csv.DictReader(f)}
+        assert pairs <= set(enumerate(PAPER_MASKS[modalities])) and len({i for i, _ in pairs}) >= 6
+    # by name, whatever the channel order: dataset order T1, T1ce, T2, FLAIR; mask id 0 is T2 only
+    order = paper_subset_order(["T1", "T1ce", "T2", "FLAIR"])
+    assert order[0] == (False, False, True, False) and order[3] == (False, False, False, True)
+    assert paper_subset_order(["C0", "LGE", "T2"])[:3] == [(False, False, True), (False, True, False),
+                                                           (True, False, False)]
+    assert paper_subset_order(["T1", "PD"]) is None
