@@ -361,10 +361,11 @@ def _main(argv: list[str] | None) -> int:
         raise UsageError(str(error)) from None
     subsets = all_modality_subsets(len(names))
     output_folder.mkdir(exist_ok=True)
+    if not args.continue_run:  # rows of another run must not be resumed with these settings
+        (output_folder / "per_case.csv").unlink(missing_ok=True)
     write_text_atomic(output_folder / SETTINGS_FILE, json.dumps(settings, indent=2))
     done = set(zip(earlier["case"].astype(str), earlier["subset"].astype(str)))
-    selected = {c.case.case_id for c in cases}
-    rows = [r for r in earlier.to_dict("records") if str(r["case"]) in selected]
+    rows = earlier.to_dict("records")  # all of them, also of cases outside --cases: nothing is lost
     print(f"Evaluating {len(cases)} case(s) x {len(subsets)} modality subsets of {', '.join(names)}; regions: "
           f"{', '.join(f'{r.name} {r.labels}' for r in regions)}"
           + (f"; continuing: {len(rows)} prediction(s) already in {output_folder / 'per_case.csv'}" if rows else ""))
