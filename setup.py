@@ -58,6 +58,9 @@ setup(
             "nnUNetv2_dmaf_brats_to_submission = dataset_conversion.convert_brats:main_to_submission",
             "nnUNetv2_dmaf_convert_myops = dataset_conversion.convert_myops2020:main",
             "nnUNetv2_dmaf_import_split = dataset_conversion.import_imbalanced_split:main",
+            "nnUNetv2_dmaf_apply_protocol = dataset_conversion.published_protocol:main",
+            "nnUNetv2_dmaf_myops_to_submission = dataset_conversion.convert_myops2020:main_to_submission",
+            "nnUNetv2_dmaf_paper_table = nnunetv2_dmaf.evaluation.paper_table:main",
         ],
     },
 )

@@ -23,6 +23,9 @@ import nibabel
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_dmaf.atomic_files import PARTIAL_MARKER, partial_outputs
+from nnunetv2_dmaf.user_errors import DataError, UsageError
+
 FILE_ENDING = ".nii.gz"
 #: absolute tolerance (mm for the origin, unitless for direction cosines) between channels/labels
 DEFAULT_GEOMETRY_TOLERANCE = 1e-4
@@ -30,17 +33,20 @@ DEFAULT_NUM_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 _MAX_LISTED = 20
 
 
-class ConversionError(ValueError):
-    """Invalid input (missing, corrupt or inconsistent file) or refused output; names the file/case."""
+class ConversionError(DataError, ValueError):
+    """Invalid input (missing, corrupt or inconsistent file) or refused output; names the file/case
+    (exit status 1 through :func:`nnunetv2_dmaf.user_errors.run_main`)."""
+
+
+class ConversionUsageError(UsageError, ConversionError):
+    """A bad option value (dataset id, name, ...); exit status 2."""
 
 
 def format_list(items: Iterable[object], limit: int = _MAX_LISTED) -> str:
-    """Indented multi-line listing of ``items`` (at most ``limit`` shown)."""
+    """`` a, b, c`` (one line; at most ``limit`` shown, then ``... and N more``)."""
     items = [str(i) for i in items]
-    shown = [f"\n  {i}" for i in items[:limit]]
-    if len(items) > limit:
-        shown.append(f"\n  ... and {len(items) - limit} more")
-    return "".join(shown)
+    shown = items[:limit] + ([f"... and {len(items) - limit} more"] if len(items) > limit else [])
+    return " " + ", ".join(shown)
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -50,16 +56,16 @@ def output_root(path: str | os.PathLike | None, option: str = "--output-root") -
         return Path(path)
     from nnunetv2.paths import nnUNet_raw
     if not nnUNet_raw:
-        raise ConversionError(f"nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw or pass {option}")
+        raise ConversionUsageError(f"nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw or pass {option}")
     return Path(os.fspath(nnUNet_raw))
 
 
 def dataset_folder(root: Path, dataset_id: int, name: str) -> Path:
     """``root/DatasetNNN_name`` after validating id and name."""
     if not 1 <= dataset_id <= 999:
-        raise ConversionError(f"dataset id must be in 1..999, got {dataset_id}")
+        raise ConversionUsageError(f"dataset id must be in 1..999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise ConversionError(f"invalid dataset name {name!r} (use letters, digits, '_', '-', '.')")
+        raise ConversionUsageError(f"invalid dataset name {name!r} (use letters, digits, '_', '-', '.')")
     return root / f"Dataset{dataset_id:03d}_{name}"
 
 
@@ -77,14 +83,28 @@ def check_output_target(target: Path, overwrite: bool) -> None:
                                   f"{target.parent}; choose another id with -d")
 
 
+def remove_leftovers(target: Path) -> list[Path]:
+    """Deletes hidden ``.<target name>.partial-*`` outputs that a killed earlier run (SIGKILL, power
+    loss) left next to ``target``, saying so on stderr; returns them. (Ctrl-C and SIGTERM never leave
+    any: the staging folder is removed on the way out.)"""
+    prefix = f".{target.name}{PARTIAL_MARKER}"
+    leftovers = [p for p in partial_outputs(target.parent) if p.name.startswith(prefix)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        print(f"note: removed {path}, left over from an interrupted earlier run", file=sys.stderr)
+    return leftovers
+
+
 @contextmanager
 def staged_folder(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yields a new empty folder next to ``target``; when the block succeeds it becomes ``target``
-    (replacing an existing one only if ``overwrite``), when it fails it is deleted."""
+    (replacing an existing one only if ``overwrite``), when it fails or is interrupted it is deleted.
+    Leftovers of killed earlier runs for the same ``target`` are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
+    remove_leftovers(target)
+    staging = target.parent / f".{target.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}"
+    try:  # mkdir inside: a signal right after it must still remove the folder
+        staging.mkdir()
         yield staging
         if target.exists():
             if not overwrite:
@@ -112,9 +132,10 @@ def staged_files(folder: Path) -> Iterator[Path]:
         with staged_folder(folder) as staging:
             yield staging
         return
-    staging = folder.parent / f".{folder.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    remove_leftovers(folder)
+    staging = folder.parent / f".{folder.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}"
     try:
+        staging.mkdir()
         yield staging
         for path in sorted(staging.iterdir()):
             os.replace(path, folder / path.name)
@@ -130,7 +151,7 @@ class _HasGeometry(Protocol):
     def GetDirection(self) -> tuple: ...
 
 
-def _check_nifti_complete(path: Path) -> None:
+def check_nifti_complete(path: Path) -> None:
     """Raises if a NIfTI file has an unreadable header, broken gzip data or too few data bytes
     (SimpleITK silently reads truncated files)."""
     name = path.name.lower()
@@ -166,7 +187,7 @@ def _require_file(path: Path) -> None:
 def read_header(path: Path) -> sitk.ImageFileReader:
     """Geometry of a complete, readable image without loading its voxels."""
     _require_file(path)
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -179,7 +200,7 @@ def read_header(path: Path) -> sitk.ImageFileReader:
 def read_image(path: Path) -> sitk.Image:
     """The image at ``path``; ConversionError naming it if missing, truncated or unreadable."""
     _require_file(path)
-    _check_nifti_complete(path)
+    check_nifti_complete(path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -239,16 +260,24 @@ def label_values(image: sitk.Image, path: Path, allowed: Iterable[int]) -> np.nd
 
 
 def remap_labels(array: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
-    """uint8 array with ``mapping[v]`` for every voxel value ``v`` (all values must be keys)."""
-    out = np.zeros(array.shape, dtype=np.uint8)
+    """uint8 (uint16 if a target value exceeds 255) array with ``mapping[v]`` for every voxel value
+    ``v`` (all values must be keys)."""
+    out = np.zeros(array.shape, dtype=label_dtype(mapping.values()))
     for src, dst in mapping.items():
         out[array == src] = dst
     return out
 
 
+def label_dtype(values: Iterable[int]) -> type:
+    """uint8 if every value fits, else uint16 (MyoPS' 2221)."""
+    return np.uint8 if max(values) <= 255 else np.uint16
+
+
 def write_label(array: np.ndarray, geometry_from: sitk.Image, dst: Path) -> None:
-    """Writes ``array`` as uint8 with the geometry (spacing, origin, direction) of ``geometry_from``."""
-    image = sitk.GetImageFromArray(array.astype(np.uint8, copy=False))
+    """Writes ``array`` (uint8, or uint16 if a value exceeds 255) with the geometry (spacing, origin,
+    direction) of ``geometry_from``."""
+    dtype = label_dtype([int(array.max(initial=0))])
+    image = sitk.GetImageFromArray(array.astype(dtype, copy=False))
     image.CopyInformation(geometry_from)
     sitk.WriteImage(image, str(dst), True)
 
@@ -261,6 +290,33 @@ def convert_label_file(src: Path, dst: Path, mapping: Mapping[int, int],
     if reference is not None:
         check_same_geometry(image, src, reference, reference_path, tolerance)
     write_label(remap_labels(label_values(image, src, mapping.keys()), mapping), image, dst)
+
+
+def convert_label_folder(input_folder: Path, output_folder: Path, mapping: Mapping[int, int],
+                         overwrite: bool = False, num_processes: int = 1) -> list[Path]:
+    """Writes every ``*.nii.gz``/``*.nii`` of ``input_folder`` with ``mapping`` applied (same name and
+    geometry; values other than the mapping's keys are an error naming the file) into
+    ``output_folder``, all files or none; returns the written files. Inputs are never modified."""
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    if not input_folder.is_dir():
+        raise ConversionUsageError(f"input folder not found: {input_folder}")
+    if output_folder.resolve() == input_folder.resolve():
+        raise ConversionUsageError("the output folder must differ from the input folder (inputs are never "
+                                   "overwritten)")
+    if output_folder.exists() and not output_folder.is_dir():
+        raise ConversionUsageError(f"output {output_folder} exists and is not a folder")
+    if not output_folder.parent.is_dir():
+        raise ConversionUsageError(f"the folder of the output, {output_folder.parent}, does not exist")
+    files = sorted(p for p in input_folder.iterdir() if p.is_file() and p.name.lower().endswith((".nii.gz", ".nii")))
+    if not files:
+        raise ConversionError(f"no .nii.gz/.nii files in {input_folder}")
+    existing = [output_folder / f.name for f in files if (output_folder / f.name).exists()]
+    if existing and not overwrite:
+        raise ConversionError(f"{len(existing)} output file(s) exist; pass --overwrite to replace them:"
+                              f"{format_list(existing)}")
+    with staged_files(output_folder) as staging:
+        run_tasks(convert_label_file, [(f, staging / f.name, mapping) for f in files], num_processes)
+    return [output_folder / f.name for f in files]
 
 
 # ---------------------------------------------------------------------------------------- cases
@@ -284,6 +340,37 @@ def convert_case(case: CaseFiles, images_dir: Path, labels_dir: Path | None, lab
     if case.label is not None and labels_dir is not None:
         convert_label_file(case.label, labels_dir / f"{case.case_id}{FILE_ENDING}", label_mapping,
                            reference, case.images[0], tolerance)
+
+
+def convert_case_slices(case: CaseFiles, images_dir: Path, labels_dir: Path | None, label_mapping: Mapping[int, int],
+                        tolerance: float = DEFAULT_GEOMETRY_TOLERANCE) -> None:
+    """As :func:`convert_case`, but every slice K along the last image axis (z) becomes its own case
+    ``<case>_slice_K``: a one-slice 3D image with the volume's spacing and direction and the slice's
+    origin (nnU-Net's ``2d`` configuration trains on these; the slices stack back into the volume)."""
+    reference = read_header(case.images[0])
+    for path in case.images[1:]:
+        check_same_geometry(read_header(path), path, reference, case.images[0], tolerance)
+    if len(reference.GetSize()) != 3:
+        raise ConversionError(f"{case.images[0]}: expected a 3D image to cut into slices, got size "
+                              f"{tuple(reference.GetSize())}")
+    num_slices = int(reference.GetSize()[2])
+    for channel, path in enumerate(case.images):
+        image = read_image(path)
+        for k in range(num_slices):
+            sitk.WriteImage(image[:, :, k:k + 1], str(images_dir / f"{slice_case_id(case.case_id, k)}_"
+                                                                     f"{channel:04d}{FILE_ENDING}"), True)
+    if case.label is not None and labels_dir is not None:
+        image = read_image(case.label)
+        check_same_geometry(image, case.label, reference, case.images[0], tolerance)
+        array = remap_labels(label_values(image, case.label, label_mapping.keys()), label_mapping)
+        for k in range(num_slices):
+            write_label(array[k:k + 1], image[:, :, k:k + 1], labels_dir / f"{slice_case_id(case.case_id, k)}"
+                                                                             f"{FILE_ENDING}")
+
+
+def slice_case_id(case_id: str, index: int) -> str:
+    """``myops_training_101`` , 2 -> ``myops_training_101_slice_2`` (the published protocol's names)."""
+    return f"{case_id}_slice_{index}"
 
 
 def missing_files(cases: Iterable[CaseFiles]) -> list[Path]:
@@ -321,9 +408,11 @@ def write_dataset_json(folder: Path, channel_names: Sequence[str], labels: Mappi
 def write_dataset(target: Path, train: Sequence[CaseFiles], test: Sequence[CaseFiles],
                   label_mapping: Mapping[int, int], geometry_tolerance: float, num_processes: int,
                   overwrite: bool, channel_names: Sequence[str], labels: Mapping[str, int | tuple[int, ...]],
-                  regions_class_order: Sequence[int] | None, **metadata: object) -> Path:
+                  regions_class_order: Sequence[int] | None, converter: Callable[..., None] = convert_case,
+                  **metadata: object) -> Path:
     """Converts ``train`` (images + labels -> imagesTr/labelsTr) and ``test`` (images -> imagesTs)
-    into ``target`` with its dataset.json, all or nothing (staged folder renamed at the end).
+    into ``target`` with its dataset.json, all or nothing (staged folder renamed at the end), each case
+    with ``converter`` (:func:`convert_case` or :func:`convert_case_slices`).
     Every expected file is checked to exist before anything is written."""
     missing = missing_files([*train, *test])
     if missing:
@@ -334,8 +423,9 @@ def write_dataset(target: Path, train: Sequence[CaseFiles], test: Sequence[CaseF
             folder.mkdir()
         tasks = [(case, images_tr, labels_tr, label_mapping, geometry_tolerance) for case in train]
         tasks += [(case, images_ts, None, label_mapping, geometry_tolerance) for case in test]
-        run_tasks(convert_case, tasks, num_processes)
-        write_dataset_json(staging, channel_names, labels, len(train), regions_class_order,
+        run_tasks(converter, tasks, num_processes)
+        num_training = sum(1 for p in labels_tr.iterdir() if p.name.endswith(FILE_ENDING))
+        write_dataset_json(staging, channel_names, labels, num_training, regions_class_order,
                            dataset_name=target.name, **metadata)
     return target
 
@@ -363,12 +453,3 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_id: int | None
 def add_processes_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-np", "--num-processes", type=int, default=DEFAULT_NUM_PROCESSES,
                         help=f"worker processes (default: {DEFAULT_NUM_PROCESSES})")
-
-
-def run_cli(function: Callable[..., object], *args: object, **kwargs: object) -> object:
-    """Runs ``function``; a ConversionError becomes ``error: <message>`` on stderr and exit code 1."""
-    try:
-        return function(*args, **kwargs)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None

@@ -127,18 +127,68 @@ def test_inference_modality_mask_replaces_inference():
         net.set_inference_modality_mask([False] * 4)
 
 
-def test_fusion_weights_are_attention_distribution_over_present_modalities():
-    fusion = DMAFFusion(3, 8, 8, nn.Conv3d, num_heads=2, token_grid=2,
-                        norm_op=nn.InstanceNorm3d, nonlin=nn.LeakyReLU).eval()
+def test_fusion_attention_maps_are_softmax_over_present_modalities():
+    fusion = DMAFFusion(3, 8, nn.Conv3d, num_layers=2, num_heads=2, token_grid=2).eval()
     feats = torch.randn(2, 3, 8, 6, 6, 6)
     mask = torch.tensor([[True, False, True], [False, False, True]])
     with torch.no_grad():
-        fused, weights = fusion(feats, mask)
-    assert fused.shape == (2, 8, 6, 6, 6)
-    assert weights.shape == (2, 3, 2, 2, 2)
-    assert torch.all(weights[0, 1] == 0) and torch.all(weights[1, :2] == 0)
-    torch.testing.assert_close(weights.sum(1), torch.ones(2, 2, 2, 2))
-    torch.testing.assert_close(weights[1, 2], torch.ones(2, 2, 2))
+        fused, maps = fusion(feats, mask)
+    assert fused.shape == (2, 8, 6, 6, 6) and maps.shape == (2, 3, 8, 2, 2, 2)
+    assert torch.all(maps[0, 1] == 0) and torch.all(maps[1, :2] == 0)
+    torch.testing.assert_close(maps.sum(1), torch.ones(2, 8, 2, 2, 2))
+    torch.testing.assert_close(fused[1], feats[1, 2])  # a single present modality is passed through
+    assert maps[0, 0].std() > 0  # position/channel dependent, not a constant
+
+
+def test_fusion_differs_from_uniform_weights_and_attention_gets_gradient():
+    """Replacing the attention maps by uniform weights (the 'mean' ablation) changes the fused feature."""
+    torch.manual_seed(0)
+    attention = DMAFFusion(4, 8, nn.Conv3d, num_layers=4, token_grid=2)
+    mean = DMAFFusion(4, 8, nn.Conv3d, token_grid=2, mode="mean")
+    mean.load_state_dict(attention.state_dict())
+    feats = torch.randn(2, 4, 8, 4, 4, 4)
+    mask = torch.tensor([[True, True, False, True], [True, True, True, True]])
+    fused_attention, _ = attention(feats, mask)
+    fused_mean, maps_mean = mean(feats, mask)
+    torch.testing.assert_close(fused_mean[0], feats[0, [0, 1, 3]].mean(0))
+    assert (fused_attention - fused_mean).abs().max() > 1e-3
+    fused_attention.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in attention.layers[0].parameters())
+    assert attention.restore.weight.grad.abs().sum() > 0
+
+
+def test_unimodal_decoder_runs_on_present_pairs_only_and_not_at_inference():
+    net = make_net(3, 3, deep_supervision=True).train()
+    calls = []
+    net.unimodal_decoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0][0].shape[0]))
+    x = torch.randn(2, 3, 16, 16, 16)
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    output, features = net(x, mask, return_features=True)
+    assert calls == [3] and features.pair_index.tolist() == [[0, 0], [0, 2], [1, 2]]
+    assert [u.shape[0] for u in features.unimodal_logits] == [3, 3]
+    # uni-modal loss of modality 2 only: gradient reaches encoder 2 and the shared decoder, not encoder 0
+    features.unimodal_logits[0][[1, 2]].square().sum().backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.encoders[0].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders[2].parameters())
+    assert all(p.grad is None for p in net.encoders[1].parameters())
+    assert net.unimodal_decoder.seg_layers[-1].weight.grad.abs().sum() > 0
+    net.eval()
+    with torch.no_grad():
+        net(x, mask)
+    assert calls == [3]  # inference: fusion path only
+    assert make_net(3, 3, unimodal_decoder=False).unimodal_decoder is None
+
+
+def test_distillation_heads_take_student_from_encoder_and_teacher_detached():
+    net = make_net(2, 3).train()
+    x = torch.randn(2, 2, 16, 16, 16)
+    _, features = net(x, torch.tensor([[True, True], [True, False]]), return_features=True)
+    assert features.cca_projection.shape[0] == 3 and features.maa_output.shape == features.teacher_tokens.shape
+    assert not features.teacher_tokens.requires_grad and features.student_tokens.requires_grad
+    (features.cca_projection.square().sum() + features.maa_output.square().sum()).backward()
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in net.fusions.parameters())  # teacher side
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.encoders[1].parameters())
+    assert net.cca_projection.weight.grad.abs().sum() > 0
 
 
 def test_fewer_modalities_run_fewer_encoder_flops():
@@ -193,3 +243,20 @@ def test_build_from_plans_plain_and_residual():
 
     with pytest.raises(ValueError, match="supports plans with PlainConvUNet or ResidualEncoderUNet"):
         build_dmaf_net_from_plans("some.other.Net", plain, req, 4, 2)
+
+
+def test_bfloat16_autocast_keeps_fusion_in_autocast_dtype_and_losses_finite():
+    from nnunetv2_dmaf.training.distillation import CrossModalDistillation, DistillationSettings
+    net = make_net(4, 3, deep_supervision=True).train()
+    x = torch.randn(2, 4, 16, 16, 16)
+    mask = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    target = [torch.rand(2, 3, *s) > 0.5 for s in ((16, 16, 16), (8, 8, 8), (4, 4, 4))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output, features = net(x, mask, return_features=True)
+        terms = CrossModalDistillation(DistillationSettings(), 3, has_regions=True)(features, target)
+    assert output[0].dtype == torch.bfloat16
+    assert all(f.dtype == torch.bfloat16 for f in features.fused_features)  # full-resolution tensors stay bf16
+    assert all(a.dtype == torch.bfloat16 for a in features.attention_maps)
+    assert all(torch.isfinite(v).all() and v.dtype == torch.float32 for v in terms.values())
+    sum(v.sum() for v in terms.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

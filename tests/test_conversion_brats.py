@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_exit import exit_status
 import SimpleITK as sitk
 
 from dataset_conversion import convert_brats
@@ -83,7 +84,7 @@ def test_brats2020_with_misnamed_case_355(tmp_path):
     (data / "name_mapping.csv").write_text("BraTS_2020_subject_ID\n")
     before = tree_digest(tmp_path)
     root = tmp_path / "raw"
-    convert_brats.main(["-i", str(data), "-y", "2020", "--output-root", str(root), "-np", "1"])
+    assert exit_status(convert_brats.main, ["-i", str(data), "-y", "2020", "--output-root", str(root), "-np", "1"]) == 0
 
     dataset = root / "Dataset520_BraTS2020"
     meta = json.loads((dataset / "dataset.json").read_text())
@@ -122,12 +123,64 @@ def test_brats2021_custom_id_and_name(tmp_path):
     for case_id in ("BraTS2021_00000", "BraTS2021_00002"):
         make_case(tmp_path / "BraTS2021_Training_Data", case_id)
     root = tmp_path / "raw"
-    convert_brats.main(["-i", str(tmp_path / "BraTS2021_Training_Data"), "-y", "2021", "-d", "137",
-                        "-n", "BraTS21", "--output-root", str(root), "-np", "1"])
+    assert exit_status(convert_brats.main, ["-i", str(tmp_path / "BraTS2021_Training_Data"), "-y", "2021", "-d", "137",
+                        "-n", "BraTS21", "--output-root", str(root), "-np", "1"]) == 0
     dataset = root / "Dataset137_BraTS21"
     assert sorted(p.name for p in (dataset / "labelsTr").iterdir()) == \
         ["BraTS2021_00000.nii.gz", "BraTS2021_00002.nii.gz"]
     assert_converted_case(dataset, "BraTS2021_00002")
+
+
+def make_case_2023(parent: Path, case_id: str, with_seg: bool = True, seg: np.ndarray | None = None) -> None:
+    """A BraTS 2023+ case folder: BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz."""
+    folder = parent / case_id
+    folder.mkdir(parents=True)
+    for suffix, modality in zip(("t1n", "t1c", "t2w", "t2f"), ("t1", "t1ce", "t2", "flair")):
+        write_image(folder / f"{case_id}-{suffix}.nii.gz", np.full(SHAPE, MODALITY_VALUES[modality], dtype=np.int16))
+    if with_seg:
+        if seg is None:
+            seg = np.zeros(SHAPE, dtype=np.uint8)
+            seg[1], seg[2], seg[3] = 1, 2, 3  # NCR, ED, ET
+        write_image(folder / f"{case_id}-seg.nii.gz", seg)
+
+
+def test_brats2023_gli_training_validation_and_submission(tmp_path):
+    train, val = tmp_path / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", tmp_path / "validation"
+    make_case_2023(train, "BraTS-GLI-00000-000")
+    make_case_2023(train, "BraTS-GLI-00002-000")
+    make_case_2023(val, "BraTS-GLI-00001-000", with_seg=False)
+    root = tmp_path / "raw"
+    assert exit_status(convert_brats.main, ["-i", str(train), "-y", "2023", "--validation-input", str(val),
+                                            "--output-root", str(root), "-np", "1"]) == 0
+    dataset = root / "Dataset540_BraTS2023GLI"
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["channel_names"] == {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+    assert meta["labels"]["enhancing tumor"] == [3] and meta["numTraining"] == 2
+    assert_converted_case(dataset, "BraTS-GLI-00002-000")  # ED -> 1, NCR -> 2, ET -> 3, channels by content
+    assert_converted_case(dataset, "BraTS-GLI-00001-000", labelled=False)
+    out = tmp_path / "submission"
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(dataset / "labelsTr"), "-o", str(out),
+                                                          "-y", "2023"]) == 0
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "BraTS-GLI-00000-000.nii.gz")))
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(train / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")))
+    np.testing.assert_array_equal(back, original)
+
+
+def test_brats2024_task_detection_and_label_4_refused(tmp_path, capsys):
+    seg = np.zeros(SHAPE, dtype=np.uint8)
+    seg[1] = 4  # post-treatment resection cavity
+    make_case_2023(tmp_path / "men", "BraTS-MEN-00004-000")
+    make_case_2023(tmp_path / "gli", "BraTS-GLI-02000-100", seg=seg)
+    root = tmp_path / "raw"
+    dataset = convert_brats.convert_brats(tmp_path / "men", 2024, output_root_folder=root)
+    assert dataset == root / "Dataset551_BraTS2024MEN"
+    with pytest.raises(ConversionError, match=r"BraTS-GLI-02000-100-seg\.nii\.gz: unexpected label values 4"):
+        convert_brats.convert_brats(tmp_path / "gli", 2024, output_root_folder=root)
+    make_case_2023(tmp_path / "men", "BraTS-GLI-00003-000")
+    assert exit_status(convert_brats.main, ["-i", str(tmp_path / "men"), "-y", "2024", "--output-root",
+                                            str(tmp_path / "raw2")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "several tasks (GLI, MEN)" in err and "--task" in err
 
 
 def test_label_mapping_is_nnunets_and_inverse_exact():
@@ -149,7 +202,7 @@ def test_submission_roundtrip(tmp_path, capsys):
     (predictions / "plans.json").write_text("{}")  # nnU-Net writes json files next to predictions
     before = tree_digest(predictions)
     out = tmp_path / "submission"
-    convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out), "-np", "1"])
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "-np", "1"]) == 0
     assert tree_digest(predictions) == before
     assert [p.name for p in out.iterdir()] == ["BraTS20_Validation_001.nii.gz"]
     image = sitk.ReadImage(str(out / "BraTS20_Validation_001.nii.gz"))
@@ -160,7 +213,8 @@ def test_submission_roundtrip(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # existing output files need --overwrite
         convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out)])
     assert exit_info.value.code == 1 and "--overwrite" in capsys.readouterr().err
-    convert_brats.main_to_submission(["-i", str(predictions), "-o", str(out), "--overwrite", "-np", "1"])
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "--overwrite",
+                       "-np", "1"]) == 0
     with pytest.raises(ConversionError, match="must differ"):
         convert_brats.convert_predictions_to_brats(predictions, predictions)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_exit import exit_status
 import SimpleITK as sitk
 
 from dataset_conversion import convert_myops2020 as myops
@@ -57,7 +58,7 @@ def regions_to_labels(label: np.ndarray, regions: list[list[int]], order: list[i
 def test_conversion_labels_channels_geometry_regions(tmp_path):
     data = make_myops(tmp_path / "MyoPS2020")
     root = tmp_path / "raw"
-    myops.main(["-i", str(data), "--output-root", str(root), "-np", "1"])
+    assert exit_status(myops.main, ["-i", str(data), "--output-root", str(root), "-np", "1"]) == 0
     dataset = root / "Dataset530_MyoPS2020"
     meta = json.loads((dataset / "dataset.json").read_text())
     assert meta["channel_names"] == {"0": "C0", "1": "DE", "2": "T2"}

@@ -25,7 +25,7 @@ def evaluation(demo_model, tmp_path_factory):
     data = demo_model.dataset_folder
     result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l",
                             str(data / "labelsTs"), "-o", str(out), *MODEL, "--cases", CASE, "--save_predictions",
-                            "--disable_progress_bar")
+                            "--disable_progress_bar", "--et_postprocess_voxels", "500")
     return out, result
 
 
@@ -45,12 +45,12 @@ def test_writes_all_outputs_with_every_subset(evaluation):
     assert len(per_case) == 15 and set(per_case["case"]) == {CASE}
     payload = json.loads((out / "summary.json").read_text())
     meta = payload["metadata"]
-    assert meta["hd95_empty_penalty_mm"] == 373.13 and "373.13 mm" in meta["conventions"]["HD95 penalty"]
+    assert meta["hd95_empty_penalty_mm"] == "diagonal" and "image diagonal" in meta["conventions"]["HD95 penalty"]
     assert "both empty = 1" in meta["conventions"]["Dice"]
     assert meta["channels"] == ["T1", "T1ce", "T2", "FLAIR"] and meta["subsets"] == SUBSETS
     assert len(payload["subsets"]) == 15 and "Dice mean" in payload["mean_over_subsets"]
     table = (out / "summary.md").read_text()
-    assert "| T1+T2 |" in table and "**mean over subsets**" in table and "373.13 mm" in table
+    assert "| T1+T2 |" in table and "**mean over subsets**" in table and "image diagonal in mm" in table
     assert (out / "dice_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **mean over subsets** |" in result.stdout
 
@@ -61,6 +61,16 @@ def test_saved_predictions_match_the_table_and_the_predict_command(demo_model, e
     reference = sitk.GetArrayFromImage(label)
     spacing = label.GetSpacing()[::-1]
     per_case = pd.read_csv(out / "per_case.csv").set_index("subset")
+    # HD95's one-empty penalty defaults to the case's image diagonal in mm
+    diagonal = float(np.sqrt(np.sum((np.array(reference.shape) * np.array(spacing)) ** 2)))
+    assert per_case["hd95_empty_penalty_mm"].to_numpy() == pytest.approx(diagonal)
+    # ET post-processed: a predicted ET under 500 voxels counts as empty, next to raw ET
+    for subset in SUBSETS:
+        predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions" / subset / f"{CASE}.nii.gz")))
+        et_p, et_r = predicted == 3, reference == 3
+        expected = dice(et_p if et_p.sum() >= 500 else np.zeros_like(et_p), et_r)
+        assert per_case.loc[subset, "Dice enhancing tumor (post-processed)"] == pytest.approx(expected, abs=1e-6)
+        assert per_case.loc[subset, "Dice enhancing tumor"] == pytest.approx(dice(et_p, et_r), abs=1e-6)
     for subset in ("T1ce", "T1+T2+FLAIR"):
         predicted = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "predictions" / subset / f"{CASE}.nii.gz")))
         whole_p, whole_r = predicted > 0, reference > 0
@@ -98,3 +108,65 @@ def test_case_without_label_is_reported(demo_model, tmp_path):
     assert result.returncode == 1
     assert f"case '{CASE}', file {labels / (CASE + '.nii.gz')}: reference label file does not exist" in result.stderr
     assert not (tmp_path / "eval").exists()
+
+
+def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path):
+    out, result = evaluation
+    table = pd.read_csv(out / "paper_table_Dice_paper.csv")
+    paper_order = ["T2", "T1ce", "T1", "FLAIR", "T1ce+T2", "T1+T1ce", "T1+FLAIR", "T1+T2", "T2+FLAIR",
+                   "T1ce+FLAIR", "T1+T1ce+FLAIR", "T1+T2+FLAIR", "T1ce+T2+FLAIR", "T1+T1ce+T2", "T1+T1ce+T2+FLAIR"]
+    assert table["subset"].tolist() == paper_order + ["mean over subsets"]
+    assert list(table.columns) == ["subset", "whole tumor", "tumor core", "enhancing tumor",
+                                   "enhancing tumor (post-processed)", "cases"]
+    summary = pd.read_csv(out / "summary.csv").set_index("subset")
+    assert table.set_index("subset").loc["T1ce+T2", "tumor core"] == pytest.approx(
+        summary.loc["T1ce+T2", "Dice tumor core"], abs=1e-5)
+    assert "In the published papers' subset order" in result.stdout
+    ours = demo_model.run("nnUNetv2_dmaf_paper_table", "-i", str(out), "--order", "ours", "--metric", "HD95",
+                          "-o", str(tmp_path / "hd95"))
+    assert "| **mean over subsets** |" in ours.stdout
+    rows = pd.read_csv(tmp_path / "hd95.csv")["subset"].tolist()
+    assert rows == SUBSETS + ["mean over subsets"]
+
+
+def bad_reference_labels(data, labels):
+    """Copies labelsTs to ``labels`` and damages two of them; returns (undefined value, truncated) cases."""
+    shutil.copytree(data / "labelsTs", labels)
+    cases = sorted(p.name[:-len(".nii.gz")] for p in labels.iterdir() if p.name[:-len(".nii.gz")] != CASE)
+    undefined, truncated = cases[0], cases[1]
+    image = sitk.ReadImage(str(labels / f"{undefined}.nii.gz"))
+    array = sitk.GetArrayFromImage(image)
+    array[0, 0, 0] = 5  # not a label of dataset.json
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(image)
+    sitk.WriteImage(bad, str(labels / f"{undefined}.nii.gz"), True)
+    content = (labels / f"{truncated}.nii.gz").read_bytes()
+    (labels / f"{truncated}.nii.gz").write_bytes(content[:len(content) // 2])
+    return undefined, truncated
+
+
+def test_continue_and_bad_reference_labels(demo_model, evaluation, tmp_path):
+    """--continue predicts only the missing (case, subset) pairs; cases with a bad reference label fail
+    alone (named with their file), the others are evaluated, exit status 1."""
+    out, _ = evaluation
+    resumed = tmp_path / "eval"
+    resumed.mkdir()
+    shutil.copy(out / "evaluation_settings.json", resumed)
+    full = pd.read_csv(out / "per_case.csv")
+    full.iloc[:12].to_csv(resumed / "per_case.csv", index=False)  # as if killed after 12 predictions
+    data = demo_model.dataset_folder
+    labels = tmp_path / "labels"
+    undefined, truncated = bad_reference_labels(data, labels)
+    args = ["nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
+            "-o", str(resumed), *MODEL, "--cases", CASE, undefined, truncated, "--et_postprocess_voxels", "500"]
+    result = demo_model.run(*args, "--continue", check=False)
+    assert result.returncode == 1
+    assert "continuing: 12 prediction(s)" in result.stdout and "3/33" in result.stderr
+    assert f"{labels / undefined}.nii.gz: label value(s) 5 not defined in dataset.json" in result.stderr
+    assert f"{labels / truncated}.nii.gz" in result.stderr and "truncated" in result.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(resumed / "per_case.csv"), full, rtol=1e-5)
+    assert json.loads((resumed / "summary.json").read_text())["metadata"]["cases"] == [CASE]
+    # other settings are refused, naming them, in one line
+    refused = demo_model.run(*args[:-1], "400", "--continue", check=False)
+    assert refused.returncode == 2 and "et_postprocess_voxels" in refused.stderr
+    assert refused.stderr.count("\n") == 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_exit import exit_status
 
 from dataset_conversion import import_imbalanced_split as imp
 from dataset_conversion._common import ConversionError
@@ -56,7 +57,7 @@ def test_brats2020_table_mapped_by_name(tmp_path, channel_names, capsys):
     extra = [c for c in (f"BraTS20_Training_{i:03d}" for i in range(1, 370)) if c not in expected][:2]
     dataset = make_dataset(tmp_path, "Dataset520_BraTS2020", channel_names, sorted(expected) + extra)
 
-    imp.main(["-i", str(table), "-d", "520", "--raw-root", str(tmp_path)])
+    assert exit_status(imp.main, ["-i", str(table), "-d", "520", "--raw-root", str(tmp_path)]) == 0
     assert "2 training case(s) have no row" in capsys.readouterr().err
     header, rows = read_written(dataset / AVAILABILITY_FILENAME)
     assert header == ["case_id", *channel_names]
@@ -70,7 +71,7 @@ def test_brats2020_table_mapped_by_name(tmp_path, channel_names, capsys):
     with pytest.raises(SystemExit):  # existing table needs --overwrite
         imp.main(["-i", str(table), "-d", "520", "--raw-root", str(tmp_path)])
     assert "--overwrite" in capsys.readouterr().err
-    imp.main(["-i", str(table), "-d", str(dataset), "--overwrite", "--complete-unlisted"])
+    assert exit_status(imp.main, ["-i", str(table), "-d", str(dataset), "--overwrite", "--complete-unlisted"]) == 0
     _, rows = read_written(dataset / AVAILABILITY_FILENAME)
     assert len(rows) == 221 and rows[extra[1]] == {"flair": 1, "t1ce": 1, "t1": 1, "t2": 1}
 
@@ -108,13 +109,13 @@ def test_unmatched_cases_and_channel_mismatch(tmp_path, capsys):
     with pytest.raises(ConversionError, match=r"216 case\(s\) .* not training cases(.|\n)*BraTS20_Training_004"):
         imp.import_split(table, dataset)
     assert not (dataset / AVAILABILITY_FILENAME).exists()
-    imp.main(["-i", str(table), "-d", "Dataset520_BraTS2020", "--raw-root", str(tmp_path), "--allow-missing-cases"])
+    assert exit_status(imp.main, ["-i", str(table), "-d", "Dataset520_BraTS2020", "--raw-root", str(tmp_path), "--allow-missing-cases"]) == 0
     assert "skipped 216 table case(s)" in capsys.readouterr().err
     _, rows = read_written(dataset / AVAILABILITY_FILENAME)
     assert sorted(rows) == ["BraTS20_Training_002", "BraTS20_Training_003", "BraTS20_Training_355"]
 
-    other = make_dataset(tmp_path, "Dataset521_Other", ["T1", "T1Gd", "T2", "FLAIR"], ["BraTS20_Training_002"])
-    with pytest.raises(ConversionError, match=r"no table modality for \['T1Gd'\]; no channel for \['t1ce'\]"):
+    other = make_dataset(tmp_path, "Dataset521_Other", ["T1", "PD", "T2", "FLAIR"], ["BraTS20_Training_002"])
+    with pytest.raises(ConversionError, match=r"no table modality for \['PD'\]; no channel for \['t1ce'\]"):
         imp.import_split(table, other, allow_missing_cases=True)
 
 

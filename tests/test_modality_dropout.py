@@ -8,6 +8,8 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunetv2_dmaf.availability import write_availability_table
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2_dmaf.training.channel_presence import ChannelPresenceTransform
 from nnunetv2_dmaf.training.data_loader import DMAFDataLoader
 from nnunetv2_dmaf.training.modality_dropout import (ENV_AVAILABILITY_TABLE, ENV_MISSING_RATES,
                                                      ModalityDropoutConfig, ModalityDropoutTransform,
@@ -64,15 +66,13 @@ def test_extreme_rates_resample_instead_of_emptying():
     assert torch.equal(sample_modality_mask(available, rates, rng), available)
 
 
-def test_transform_rates_mode_zeroes_or_keeps_dropped_channels():
+def test_transform_rates_mode_zeroes_dropped_channels():
     np.random.seed(0)
     image = torch.rand(4, 6, 6, 6) + 1
     out = ModalityDropoutTransform([1.0, 0.0, 0.0, 0.0])(image=image.clone(), segmentation=torch.zeros(1, 6, 6, 6))
     assert out["modality_mask"].dtype == torch.bool and out["modality_mask"].tolist() == [False, True, True, True]
     assert out["available_mask"].all()
     assert (out["image"][0] == 0).all() and torch.equal(out["image"][1:], image[1:])
-    kept = ModalityDropoutTransform([1.0, 0, 0, 0], zero_dropped=False)(image=image.clone())
-    assert kept["modality_mask"].tolist() == [False, True, True, True] and torch.equal(kept["image"], image)
 
 
 def test_transform_table_mode_uses_case_rows():
@@ -84,12 +84,43 @@ def test_transform_table_mode_uses_case_rows():
         assert torch.equal(out["image"].flatten(1).amax(1) > 0, torch.from_numpy(row))
     with pytest.raises(KeyError, match="not in the availability table"):
         transform(image=torch.ones(4, 5, 5, 5), case_id="zzz")
-    with_rates = ModalityDropoutTransform([0.5, 0.5, 0.5, 0.5], table, zero_dropped=False)
+    with_rates = ModalityDropoutTransform([0.5, 0.5, 0.5, 0.5], table)
     for _ in range(50):
         out = with_rates(image=torch.ones(4, 5, 5, 5), case_id="a")
         assert out["available_mask"].tolist() == table["a"].tolist()
         assert not (out["modality_mask"] & ~out["available_mask"]).any() and out["modality_mask"].any()
-        assert (out["image"][1] == 0).all() and (out["image"][[0, 2, 3]] == 1).all()  # only the table's zeros
+        assert torch.equal(out["image"].flatten(1).amax(1) > 0, out["modality_mask"])
+
+
+def test_presence_is_read_before_augmentation():
+    """A zero-filled channel counts as missing even after augmentation made it non-zero."""
+    image = torch.rand(4, 6, 6, 6) + 1
+    image[2] = 0
+    pipeline = ComposeTransforms([ChannelPresenceTransform(), _AddNoise(), ModalityDropoutTransform(np.zeros(4))])
+    out = pipeline(image=image.clone())
+    assert out["modality_mask"].tolist() == [True, True, False, True]
+    assert (out["image"][2] == 0).all() and (out["image"][[0, 1, 3]] != image[[0, 1, 3]]).any()
+    everything_zero = pipeline(image=torch.zeros(4, 6, 6, 6))  # a background patch: nothing to tell apart
+    assert everything_zero["modality_mask"].all()
+
+
+def test_validation_subset_is_fixed_per_case_and_follows_rates():
+    transform = ModalityDropoutTransform([0.5, 0.5, 0.5, 0.5], fixed_per_case=True)
+    masks = {}
+    for case in [f"case_{i}" for i in range(200)]:
+        first = transform(image=torch.ones(4, 3, 3, 3), case_id=case)["modality_mask"]
+        again = transform(image=torch.ones(4, 3, 3, 3), case_id=case)["modality_mask"]
+        assert torch.equal(first, again) and first.any()
+        masks[case] = first
+    stacked = torch.stack(list(masks.values())).float()
+    assert 0.4 < 1 - stacked.mean() < 0.6  # realised missing fraction near the rate
+    assert len({tuple(m.tolist()) for m in masks.values()}) == 15  # different cases, different subsets
+
+
+class _AddNoise(BasicTransform):
+    def apply(self, data_dict, **params):
+        data_dict["image"] = data_dict["image"] + 0.01 * torch.randn_like(data_dict["image"])
+        return data_dict
 
 
 def _write_table(path, columns, rows):

@@ -12,6 +12,7 @@ from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, 
 from nnunetv2_dmaf.evaluation.regions import Region, regions_from_dataset_json
 from nnunetv2_dmaf.evaluation.report import MEAN_ROW, OUTPUT_FILES, markdown_table, summarize, write_report
 from nnunetv2_dmaf.evaluation.subset_evaluation import parse_penalty, score_case
+from nnunetv2_dmaf.user_errors import UsageError
 from nnunetv2_dmaf.modalities import (all_modality_subsets, channel_names_from_dataset_json,
                                                 mask_from_missing, parse_channels, subset_name)
 
@@ -208,3 +209,26 @@ def test_write_report_files(tmp_path):
     assert (tmp_path / "dice_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "both empty = 1" in (tmp_path / "summary.md").read_text()
     assert pd.read_csv(tmp_path / "summary.csv")["subset"].tolist() == ["T1", "T1+T2", MEAN_ROW]
+
+
+def test_postprocessed_et_counts_small_predictions_as_empty():
+    from nnunetv2_dmaf.evaluation.subset_evaluation import evaluation_regions
+    dataset_json = {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3],
+                               "enhancing tumor": [3]}}
+    regions = evaluation_regions(dataset_json, et_postprocess_voxels=5)
+    assert [r.name for r in regions] == ["whole tumor", "tumor core", "enhancing tumor",
+                                         "enhancing tumor (post-processed)"]
+    reference = np.zeros((1, 10, 10), np.uint8)
+    small = reference.copy()
+    small[0, :2, :2] = 3  # 4 voxels of predicted ET, none in the reference
+    scores = score_case(small, reference, (1.0, 1.0, 1.0), regions, 10.0)
+    assert scores["Dice enhancing tumor"] == 0.0 and scores["HD95 enhancing tumor"] == 10.0
+    assert scores["Dice enhancing tumor (post-processed)"] == 1.0  # under 5 voxels: empty, as the reference
+    assert scores["HD95 enhancing tumor (post-processed)"] == 0.0
+    large = reference.copy()
+    large[0, :3, :3] = 3
+    assert score_case(large, reference, (1.0, 1.0, 1.0), regions, 10.0)["Dice enhancing tumor (post-processed)"] == 0
+    with pytest.raises(UsageError, match="no region named"):
+        evaluation_regions({"labels": {"background": 0, "a": 1}}, et_postprocess_voxels=5)
+    assert [r.name for r in evaluation_regions({"labels": {"background": 0, "a": 1}}, "myops")] == \
+        ["LV blood pool", "RV blood pool", "myocardium", "edema+scar", "scar"]

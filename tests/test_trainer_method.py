@@ -1,5 +1,6 @@
-"""nnUNetTrainerDMAF's training method on the demo dataset: dropout reaches train_step, a rate of 1.0
-starves its encoder, the table drives the masks, DTM state in checkpoints, resume through the CLI.
+"""The trainers' method on the demo dataset: the table/rates drive the masks of every trainer (baselines
+too), every loss term sends gradient, DTM scales are applied in train_step, DTM state in checkpoints,
+resume and configuration errors through the CLI.
 
 Uses the session's ``demo_model`` preprocessed data read-only; results go to ``tmp_path`` (fold 1).
 """
@@ -14,6 +15,7 @@ import torch
 from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, nnunet_env, run_command
 from nnunetv2_dmaf.availability import write_availability_table
 from nnunetv2_dmaf.training.distillation import LOSS_NAMES
+from nnunetv2_dmaf.training.nnUNetTrainerDMAF import nnUNetTrainerDMAF
 
 TRAINER = "nnUNetTrainerDMAF_tiny"
 FOLD = 1
@@ -30,11 +32,11 @@ def trainer_factory(demo_model, tmp_path, monkeypatch):
     for key in ("nnUNet_dmaf_missing_rates", "nnUNet_dmaf_availability_table"):
         monkeypatch.delenv(key, raising=False)
 
-    def make(**env: str):
+    def make(trainer_name: str = TRAINER, **env: str):
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         from nnunetv2.run.run_training import get_trainer_from_args
-        trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, TRAINER, device=torch.device("cpu"))
+        trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, trainer_name, device=torch.device("cpu"))
         trainer.print_to_log_file = lambda *a, **k: None
         return trainer
 
@@ -62,44 +64,177 @@ def test_rate_one_modality_encoder_never_gets_gradient(trainer_factory):
         batch = next(train_loader)
         assert not batch["modality_mask"][:, 1].any() and batch["modality_mask"][:, 2].all()
         assert batch["available_mask"].all()
-        assert batch["data"][:, 1].abs().amax() > 0  # kept for the full-modality teacher
+        assert batch["data"][:, 1].abs().amax() == 0  # what the network sees: exactly zero
         trainer.train_step(batch)
         assert all(p.grad is None for p in encoders[1].parameters())
     assert all(torch.equal(a, b) for a, b in zip(t1ce_before, encoders[1].parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(t2_before, encoders[2].parameters()))
-    assert trainer.dtm._acc[len(LOSS_NAMES):2 * len(LOSS_NAMES)].sum() > 0  # distillation gaps recorded
+    counts = trainer.dtm._acc[0]
+    assert counts[1] == 0 and counts[2] > 0  # distillation gaps recorded per present modality
 
 
-def test_table_drives_training_and_validation_masks(trainer_factory, demo_model, tmp_path):
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerDMAF_tiny", "nnUNetTrainerZeroFilled_tiny",
+                                          "nnUNetTrainerChannelDropout"])
+def test_table_drives_training_and_validation_inputs_of_every_trainer(trainer_factory, demo_model, tmp_path,
+                                                                       trainer_name):
+    """Every trainer of the quality benchmark honours the table: a channel a case lacks reaches the
+    network as zeros (and, for DMAF, as a masked modality), in training and in validation."""
     table, path = _table(demo_model, tmp_path)
-    trainer = trainer_factory(nnUNet_dmaf_availability_table=path)
+    trainer = trainer_factory(trainer_name, nnUNet_dmaf_availability_table=path)
     assert trainer.dmaf_dropout_config.mode == "table"
     trainer.initialize()
     train_loader, val_loader = trainer.get_dataloaders()
+    extra_drops = 0
     for loader in (train_loader, val_loader):
         for _ in range(3):
             batch = next(loader)
             for j, key in enumerate(batch["keys"]):
-                assert batch["modality_mask"][j].tolist() == table[key].tolist()
-                assert (batch["data"][j][torch.from_numpy(~table[key])] == 0).all()  # non-existent data
+                row = torch.from_numpy(table[key])
+                assert not (batch["modality_mask"][j] & ~row).any()
+                assert (batch["data"][j][~batch["modality_mask"][j]] == 0).all()  # non-existent data
+                assert (batch["data"][j][~row] == 0).all()
+                if loader is val_loader:
+                    assert batch["modality_mask"][j].tolist() == row.tolist()
+                extra_drops += int((row & ~batch["modality_mask"][j]).sum())
+    assert (extra_drops > 0) == (trainer_name == "nnUNetTrainerChannelDropout")
     trainer.train_step(next(train_loader))
 
     partial = {k: v for k, v in list(table.items())[1:]}
     write_availability_table(path, partial, NAMES)
+    trainer = trainer_factory(trainer_name, nnUNet_dmaf_availability_table=path)
+    trainer.initialize()
+    with pytest.raises(SystemExit) as exit_info:
+        trainer.get_dataloaders()
+    assert exit_info.value.code == 2
+
+
+def _loss_gradients(trainer, batch, **weights) -> dict[str, torch.Tensor]:
+    """Gradients of the total loss of one batch w.r.t. a few parameters, with some weights changed."""
+    net = trainer.dmaf_network
+    old = (trainer.unimodal_weight, dict(trainer.distillation_weights))
+    trainer.unimodal_weight = weights.pop("unimodal", trainer.unimodal_weight)
+    trainer.distillation_weights.update(weights)
+    try:
+        net.zero_grad(set_to_none=True)
+        mask = batch["modality_mask"]
+        output, features = net(batch["data"], mask, return_features=True)
+        loss, terms = trainer.compute_losses(output, features, batch["target"], mask.any(0))
+        loss.backward()
+        return {"encoder": torch.cat([p.grad.flatten() for p in net.encoders.parameters() if p.grad is not None]),
+                "unimodal_decoder": net.unimodal_decoder.seg_layers[-1].weight.grad.clone(),
+                "cca": net.cca_projection.weight.grad.clone(),
+                "maa": net.attention_alignment.attention.in_proj_weight.grad.clone(),
+                "terms": terms}
+    finally:
+        trainer.unimodal_weight, trainer.distillation_weights = old[0], old[1]
+
+
+def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_model, tmp_path):
+    table, path = _table(demo_model, tmp_path)
     trainer = trainer_factory(nnUNet_dmaf_availability_table=path)
     trainer.initialize()
-    with pytest.raises(ValueError, match="no row for 1 case"):
-        trainer.get_dataloaders()
+    train_loader, _ = trainer.get_dataloaders()
+    batch = next(train_loader)
+    while batch["modality_mask"][:, 0].sum() == 0 or batch["modality_mask"].sum(1).max() < 2:
+        batch = next(train_loader)
+    full = _loss_gradients(trainer, batch)
+    terms = full["terms"]
+    present = batch["modality_mask"].any(0)
+    mask = batch["modality_mask"]
+    shares_a_sample = (mask & (mask.sum(1, keepdim=True) >= 2)).any(0)
+    for name in ("unimodal", *LOSS_NAMES):  # table mode: every term non-zero for the present modalities
+        # (prototypes of a modality alone in its sample equal the fused ones: f_L = e^m_L there)
+        nonzero = shares_a_sample if name == "prototype" else present
+        assert (terms[name][nonzero] > 0).all() and (terms[name][~present] == 0).all(), name
+    assert shares_a_sample.any()
+    print("one table-mode iteration:", {k: [round(float(x), 4) for x in v.detach().flatten()] for k, v in terms.items()
+                                        if k in ("segmentation", "unimodal", *LOSS_NAMES)})
+    without = {name: _loss_gradients(trainer, batch, **{name: 0.0}) for name in ("unimodal", *LOSS_NAMES)}
+    assert not torch.allclose(without["unimodal"]["encoder"], full["encoder"])
+    assert without["unimodal"]["unimodal_decoder"].abs().sum() == 0 < full["unimodal_decoder"].abs().sum()
+    assert without["relation_covariance"]["cca"].abs().sum() == 0 < full["cca"].abs().sum()
+    assert without["relation_attention"]["maa"].abs().sum() == 0 < full["maa"].abs().sum()
+    for name in LOSS_NAMES:
+        assert not torch.allclose(without[name]["encoder"], full["encoder"]), name
 
 
-def test_dtm_logged_and_checkpointed_and_resume_config_checked(trainer_factory, tmp_path):
+def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
+    trainer = trainer_factory()
+    trainer.initialize()
+    train_loader, _ = trainer.get_dataloaders()
+    batch = next(train_loader)
+    net = trainer.dmaf_network
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    grads = []
+    for scales in ([1.0, 1.0, 1.0, 1.0], [1.0, 0.5, 1.0, 1.0]):
+        net.load_state_dict(state)
+        trainer.dtm.grad_scales = np.array(scales)
+        torch.manual_seed(0)
+        trainer.train_step(batch)
+        grads.append([p.grad.clone() for p in net.encoders[1].parameters()] +
+                     [p.grad.clone() for p in net.encoders[0].parameters()])
+    n1 = len(list(net.encoders[1].parameters()))
+    total_norm = torch.cat([g.flatten() for g in grads[0]]).norm()
+    assert total_norm > 0
+    for a, b in zip(grads[0][:n1], grads[1][:n1]):
+        torch.testing.assert_close(b, a * 0.5, rtol=1e-4, atol=1e-7)
+    for a, b in zip(grads[0][n1:], grads[1][n1:]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
+class _RecordingScaler:
+    """Stand-in for torch.amp.GradScaler on CPU: scales the loss by 4, records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return loss * 4
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.div_(4)
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+
+
+def test_grad_scaler_path_unscales_before_dtm_scaling(trainer_factory):
+    trainer = trainer_factory()
+    trainer.initialize()
+    train_loader, _ = trainer.get_dataloaders()
+    batch = next(train_loader)
+    net = trainer.dmaf_network
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer.dtm.grad_scales = np.array([1.0, 0.5, 1.0, 1.0])
+    torch.manual_seed(0)
+    trainer.train_step(batch)
+    plain = [p.grad.clone() for p in net.encoders[1].parameters()]
+    net.load_state_dict(state)
+    trainer.grad_scaler = _RecordingScaler()
+    torch.manual_seed(0)
+    trainer.train_step(batch)
+    assert trainer.grad_scaler.calls == ["scale", "unscale_", "step", "update"]
+    for a, b in zip(plain, net.encoders[1].parameters()):
+        torch.testing.assert_close(b.grad, a, rtol=1e-4, atol=1e-7)
+
+
+def test_dtm_logged_and_checkpointed_and_resume_config_checked(trainer_factory, demo_model, tmp_path, capsys):
     trainer = trainer_factory(nnUNet_dmaf_missing_rates="FLAIR:0.6,T1:0.2")
     trainer.initialize()
     train_loader, _ = trainer.get_dataloaders()
     outputs = [trainer.train_step(next(train_loader)) for _ in range(2)]
     trainer.on_train_epoch_end(outputs)
     logged = trainer.logger.local_logger.my_fantastic_logging
-    for key in [f"dmaf_weight_{n}" for n in LOSS_NAMES] + [f"dmaf_grad_scale_{m}" for m in NAMES]:
+    for key in [f"dmaf_weight_{m}" for m in NAMES] + [f"dmaf_grad_scale_{m}" for m in NAMES]:
         assert len(logged[key]) == 1, key
     checkpoint_file = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(checkpoint_file)
@@ -114,8 +249,37 @@ def test_dtm_logged_and_checkpointed_and_resume_config_checked(trainer_factory, 
     assert resumed.dtm.state_dict()["gap_ema"] == pytest.approx(trainer.dtm.state_dict()["gap_ema"], nan_ok=True)
     assert resumed.dtm.epochs == 1
 
-    with pytest.raises(RuntimeError, match="nnUNet_dmaf_missing_rates"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         trainer_factory(nnUNet_dmaf_missing_rates="FLAIR:0.3").load_checkpoint(checkpoint_file)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing rates" in err[0] and "FLAIR" in err[0]
+
+    table, path = _table(demo_model, tmp_path)
+    with_table = trainer_factory(nnUNet_dmaf_availability_table=path, nnUNet_dmaf_missing_rates="")
+    with_table.initialize()
+    with_table.save_checkpoint(checkpoint_file)
+    edited = dict(table)
+    first = sorted(edited)[0]
+    edited[first] = ~edited[first] | np.array([True, False, False, False])
+    write_availability_table(path, edited, NAMES)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        trainer_factory(nnUNet_dmaf_availability_table=path).load_checkpoint(checkpoint_file)
+    assert first in capsys.readouterr().err  # says which case changed
+
+
+@pytest.mark.parametrize("value,fragment", [("DWI:0.3", "DWI"), ("FLAIR:1.5", "1.5")])
+def test_bad_training_configuration_is_one_line_exit_2(demo_model, tmp_path, value, fragment):
+    env = nnunet_env(demo_model.root, training=True)
+    env.update(nnUNet_results=str(tmp_path / "results"), nnUNet_dmaf_missing_rates=value)
+    result = run_command(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, str(FOLD), "-tr", TRAINER,
+                          "-device", "cpu"], env, check=False)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("nnUNetv2_train: error:") and fragment in errors[0]
+    assert "Traceback" not in result.stderr
 
 
 def test_cli_training_with_rates_and_table_then_resume_continues_dtm(demo_model, tmp_path):
@@ -131,7 +295,7 @@ def test_cli_training_with_rates_and_table_then_resume_continues_dtm(demo_model,
     assert final["dmaf_training_config"]["mode"] == "table+rates"
     assert final["dmaf_training_config"]["availability_table"] == table_path
     state = final["dmaf_dtm_state"]
-    assert state["epochs"] == 2 and len(final["logging"]["dmaf_weight_prototype"]) == 2
+    assert state["epochs"] == 2 and len(final["logging"]["dmaf_weight_FLAIR"]) == 2
     log = next(fold_dir.glob("training_log_*.txt")).read_text()
     assert "modality dropout mode: table+rates" in log and log.count("DMAF DTM: distillation gaps") == 2
     assert (fold_dir / "progress.png").is_file()
@@ -147,4 +311,4 @@ def test_cli_training_with_rates_and_table_then_resume_continues_dtm(demo_model,
     new_state = resumed["dmaf_dtm_state"]
     assert new_state["epochs"] == 3  # 2 loaded + 1 trained: continued, not restarted
     assert json.dumps(new_state["history"][:2]) == json.dumps(state["history"])
-    assert len(resumed["logging"]["dmaf_gap_prototype"]) == 2
+    assert len(resumed["logging"]["dmaf_gap_FLAIR"]) == 2

@@ -1,4 +1,5 @@
-"""DMAF-Net: per-modality encoders, DMAF fusion at every scale, one shared U-Net decoder.
+"""DMAF-Net (Lan et al. 2025, architecture.png): per-modality encoders, a SHARED uni-modal decoder,
+DMAF fusion at every level, a fusion decoder, and the learned heads of the relation distillation.
 
 Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
 
@@ -6,14 +7,15 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
 * ``modality_mask``: bool [B, M], True = present. ``None`` (how nnU-Net's predictor calls the
   network) infers it from ``x``: a channel that is zero everywhere in a sample is missing. A sample
   whose channels are all zero (e.g. a sliding-window patch in the background) counts as complete.
-* ``inference_modality_mask`` (bool [M], set with :meth:`DMAFNet.set_inference_modality_mask`)
-  replaces the inference from zeros for calls without a mask: the plugin's predictor uses it to pass
-  the declared missing channels through nnU-Net's sliding-window code, which calls ``network(x)``.
-* Each modality's encoder only runs on the samples where that modality is present; the others get
-  zero features that the fusion ignores. A modality missing in the whole batch costs no compute and
-  its encoder receives no gradient.
-* Output: as nnU-Net's U-Nets, logits [B, K, *S], or a list of them (full resolution first) when
-  ``decoder.deep_supervision`` is on.
+* ``inference_modality_mask`` (bool [M], set with :meth:`DMAFNet.set_inference_modality_mask`, or
+  [B, M] for one batch, as the trainer's validation step does) replaces the inference from zeros for
+  calls without a mask.
+* Each modality's encoder only runs on the samples where that modality is present; a modality
+  missing in the whole batch costs no compute and its encoder receives no gradient.
+* Output: as nnU-Net's U-Nets, the FUSION decoder's logits [B, K, *S], or a list of them (full
+  resolution first) with deep supervision. ``return_features=True`` (training) also runs the shared
+  uni-modal decoder on every present (sample, modality) pair and the distillation heads, and returns
+  a :class:`DMAFFeatures`; inference runs the fusion path only.
 """
 from __future__ import annotations
 
@@ -30,6 +32,9 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
+
+from nnunetv2_dmaf.architecture.distillation_heads import CovarianceProjection, MaskedAttentionAlignment, level_tokens
 from nnunetv2_dmaf.architecture.fusion import DMAFFusion
 
 
@@ -52,17 +57,31 @@ class DecoderSpec:
 
 @dataclass
 class DMAFFeatures:
-    """Intermediate tensors of one forward pass, for the distillation losses.
+    """Intermediate tensors of one training forward pass, for the losses (P = present pairs).
 
-    modality_features: per stage [B, M, C_s, *S_s] encoder features (zeros where missing).
-    fused_features: per stage [B, F_s, *S_s] fused skips fed to the decoder.
-    modality_weights: per stage [B, M, *grid_s] attention-derived modality weights.
-    modality_mask: [B, M] the mask used.
+    modality_features: per level l, e^m_l stacked [B, M, C_l, *S_l] (zeros where missing).
+    fused_features: per level, f_l [B, C_l, *S_l] (the DMAF output before the 1x1 projection).
+    attention_maps: per level, Att_map [B, M, C_l, *grid_l].
+    modality_mask: bool [B, M] (CPU). pair_index: long [P, 2] (sample, modality) of the present pairs,
+        on the device; pair_index_host: the same on the CPU.
+    unimodal_logits: shared decoder outputs for the pairs, [P, K, *S] per deep-supervision scale
+        (full resolution first), or None without the uni-modal decoder.
+    distillation_level: index of level L. student_tokens: e^m_L of the pairs [P, T, C_L];
+    teacher_tokens: f_L of the pairs' samples, detached [P, T, C_L];
+    cca_projection: Linear_m(e^m_L) [P, C_L, N_L]; maa_output: [P, T, C_L].
     """
     modality_features: list[torch.Tensor] = field(default_factory=list)
     fused_features: list[torch.Tensor] = field(default_factory=list)
-    modality_weights: list[torch.Tensor] = field(default_factory=list)
+    attention_maps: list[torch.Tensor] = field(default_factory=list)
     modality_mask: torch.Tensor | None = None
+    pair_index: torch.Tensor | None = None
+    unimodal_logits: list[torch.Tensor] | None = None
+    distillation_level: int = -1
+    student_tokens: torch.Tensor | None = None
+    teacher_tokens: torch.Tensor | None = None
+    cca_projection: torch.Tensor | None = None
+    maa_output: torch.Tensor | None = None
+    pair_index_host: torch.Tensor | None = None
 
 
 def default_modality_width_factor(num_modalities: int) -> float:
@@ -83,8 +102,15 @@ class DMAFNet(nn.Module):
 
     Args (beyond nnU-Net's):
         modality_width_factor: encoder width of each modality relative to the plans' features_per_stage
-            (default 1/sqrt(M), so the M encoders together cost about one plans-width encoder).
-        fusion_num_heads, fusion_token_grid, fusion_mlp_ratio: see :class:`DMAFFusion`.
+            (default 1/sqrt(M), so the M encoders together cost about one plans-width encoder). The
+            shared uni-modal decoder and the DMAF fusion work at this width; the fused features are
+            projected (1x1 conv, norm, nonlinearity) to the plans' widths for the fusion decoder.
+        fusion_mode: "attention" (DMAF) or "mean" (ablation, see :class:`DMAFFusion`).
+        fusion_num_layers, fusion_num_heads, fusion_token_grid, fusion_token_dim, fusion_mlp_ratio:
+            see :class:`DMAFFusion` (defaults 4 layers, 4 heads, <= 4 cells per axis).
+        unimodal_decoder: build the shared uni-modal decoder (False: ablation).
+        distillation_level: level L of the relation/prototype distillation (-1: bottleneck).
+        distillation_grid: at most this many token cells per axis at level L (MAA / prototypes).
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
     """
@@ -100,7 +126,9 @@ class DMAFNet(nn.Module):
                  dropout_op_kwargs: dict | None = None, nonlin: Type[nn.Module] | None = None,
                  nonlin_kwargs: dict | None = None, deep_supervision: bool = False,
                  encoder_type: str = "plain", modality_width_factor: float | None = None,
-                 fusion_num_heads: int = 4, fusion_token_grid: int = 4, fusion_mlp_ratio: float = 2.0,
+                 fusion_mode: str = "attention", fusion_num_layers: int = 4, fusion_num_heads: int = 4,
+                 fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
+                 unimodal_decoder: bool = True, distillation_level: int = -1, distillation_grid: int = 8,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -111,10 +139,14 @@ class DMAFNet(nn.Module):
             kernel_sizes = [kernel_sizes] * n_stages
         if isinstance(strides, int):
             strides = [strides] * n_stages
+        if not -n_stages <= distillation_level < n_stages:
+            raise ValueError(f"distillation_level {distillation_level} does not exist with {n_stages} stages")
         self.num_modalities = input_channels
         self.num_classes = num_classes
         self.conv_op = conv_op
         self.spatial_dims = 3 if conv_op == nn.Conv3d else 2
+        self.distillation_level = distillation_level % n_stages
+        self.distillation_grid = distillation_grid
 
         width = default_modality_width_factor(input_channels) if modality_width_factor is None \
             else modality_width_factor
@@ -142,15 +174,26 @@ class DMAFNet(nn.Module):
         self.encoders = nn.ModuleList(encoders)
 
         self.fusions = nn.ModuleList([
-            DMAFFusion(input_channels, c_mod, c_out, conv_op, fusion_num_heads, fusion_token_grid,
-                       fusion_mlp_ratio, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs, conv_bias)
+            DMAFFusion(input_channels, c, conv_op, fusion_num_layers, fusion_num_heads, fusion_token_grid,
+                       fusion_token_dim, fusion_mlp_ratio, fusion_mode)
+            for c in self.modality_features_per_stage])
+        self.fusion_projections = nn.ModuleList([
+            ConvDropoutNormReLU(conv_op, c_mod, c_out, 1, 1, conv_bias, norm_op, norm_op_kwargs, None, None,
+                                nonlin, nonlin_kwargs)
             for c_mod, c_out in zip(self.modality_features_per_stage, features_per_stage)])
 
         reference = self.encoders[0]
-        spec = DecoderSpec(list(features_per_stage), reference.strides, reference.kernel_sizes, conv_op,
-                           conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
-                           nonlin_kwargs)
-        self.decoder = UNetDecoder(spec, num_classes, n_conv_per_stage_decoder, deep_supervision)
+        spec = dict(strides=reference.strides, kernel_sizes=reference.kernel_sizes, conv_op=conv_op,
+                    conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+                    dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
+        self.decoder = UNetDecoder(DecoderSpec(list(features_per_stage), **spec), num_classes,
+                                   n_conv_per_stage_decoder, deep_supervision)
+        self.unimodal_decoder = UNetDecoder(DecoderSpec(list(self.modality_features_per_stage), **spec),
+                                            num_classes, n_conv_per_stage_decoder, deep_supervision) \
+            if unimodal_decoder else None
+        c_l = self.modality_features_per_stage[self.distillation_level]
+        self.cca_projection = CovarianceProjection(input_channels, c_l)
+        self.attention_alignment = MaskedAttentionAlignment(c_l, fusion_num_heads)
         self.apply(InitWeights_He(1e-2))
         self.inference_modality_mask: torch.Tensor | None = None
 
@@ -168,7 +211,10 @@ class DMAFNet(nn.Module):
         self.inference_modality_mask = mask
 
     def check_inputs(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validates x / modality_mask and returns the bool mask [B, M] to use."""
+        """Validates x / modality_mask and returns the bool mask [B, M] to use, ON THE CPU.
+
+        A mask given on the CPU (as nnU-Net's data loader delivers it) costs no host-device
+        synchronisation; a device mask, or one inferred from all-zero channels, costs one copy."""
         expected_ndim = 2 + self.spatial_dims
         if x.ndim != expected_ndim:
             raise ValueError(f"DMAFNet ({self.spatial_dims}D) expects input of shape [B, M, {'D, ' if self.spatial_dims == 3 else ''}H, W] "
@@ -177,34 +223,65 @@ class DMAFNet(nn.Module):
             raise ValueError(f"DMAFNet was built for {self.num_modalities} modalities (the channels in the plans' "
                              f"dataset.json), but the input has {x.shape[1]} channels (shape {tuple(x.shape)})")
         if modality_mask is None and self.inference_modality_mask is not None:
-            modality_mask = self.inference_modality_mask.to(x.device).unsqueeze(0).expand(x.shape[0], -1)
+            fixed = self.inference_modality_mask  # [M] for every sample, or [B, M]
+            modality_mask = fixed.unsqueeze(0).expand(x.shape[0], -1) if fixed.ndim == 1 else fixed
         if modality_mask is None:
-            return infer_modality_mask(x)
+            return infer_modality_mask(x).cpu()
         if tuple(modality_mask.shape) != (x.shape[0], self.num_modalities):
             raise ValueError(f"modality_mask must have shape [B, M] = [{x.shape[0]}, {self.num_modalities}], "
                              f"got {tuple(modality_mask.shape)}")
-        mask = modality_mask.to(device=x.device, dtype=torch.bool)
+        mask = modality_mask.to(device="cpu", dtype=torch.bool)
         if not bool(mask.any(1).all()):
             raise ValueError("modality_mask marks every modality of a sample as missing; at least one must be present")
         return mask
 
     def encode(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Runs each modality encoder on the samples that have that modality.
-
-        Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
+        """Runs each modality encoder on the samples that have that modality (mask: bool [B, M] on
+        the CPU). Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
         batch = x.shape[0]
         outputs: list[list[torch.Tensor] | None] = [None] * self.num_modalities
         for m, encoder in enumerate(self.encoders):
             rows = torch.nonzero(mask[:, m], as_tuple=False).flatten()
             if rows.numel() == 0:
                 continue  # missing in the whole batch: no compute, no gradient
-            skips = encoder(x[rows, m:m + 1]) if rows.numel() < batch else encoder(x[:, m:m + 1])
-            if rows.numel() < batch:
-                skips = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
-            outputs[m] = skips
+            if rows.numel() == batch:
+                outputs[m] = encoder(x[:, m:m + 1])
+                continue
+            rows = rows.to(x.device, non_blocking=True)
+            skips = encoder(x[rows, m:m + 1])
+            outputs[m] = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
         reference = next(o for o in outputs if o is not None)  # check_inputs guarantees one
         return [torch.stack([o[s] if o is not None else torch.zeros_like(ref) for o in outputs], 1)
                 for s, ref in enumerate(reference)]
+
+    def fuse(self, modality_features: list[torch.Tensor], mask: torch.Tensor
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """DMAF at every level: (f_l [B, C_l, *S_l], Att_map [B, M, C_l, *grid]) per level."""
+        fused, maps = [], []
+        for fusion, feats in zip(self.fusions, modality_features):
+            f, a = fusion(feats, mask)
+            fused.append(f)
+            maps.append(a)
+        return fused, maps
+
+    def training_features(self, modality_features: list[torch.Tensor], fused: list[torch.Tensor],
+                          maps: list[torch.Tensor], mask: torch.Tensor) -> DMAFFeatures:
+        """Runs the shared uni-modal decoder on the present pairs and the distillation heads at L."""
+        pairs_host = torch.nonzero(mask, as_tuple=False)  # [P, 2] (sample, modality), CPU
+        pairs = pairs_host.to(fused[0].device, non_blocking=True)
+        b_idx, m_idx = pairs[:, 0], pairs[:, 1]
+        unimodal = None
+        if self.unimodal_decoder is not None:
+            unimodal = self.unimodal_decoder([f[b_idx, m_idx] for f in modality_features])
+            unimodal = list(unimodal) if isinstance(unimodal, (list, tuple)) else [unimodal]
+        level = self.distillation_level
+        e_l = modality_features[level][b_idx, m_idx]  # [P, C, *S]
+        f_l = fused[level].detach()[b_idx]  # teacher: the sample's fused feature
+        student_tokens = level_tokens(e_l, self.distillation_grid)
+        teacher_tokens = level_tokens(f_l, self.distillation_grid)
+        return DMAFFeatures(modality_features, fused, maps, mask, pairs, unimodal, level, student_tokens,
+                            teacher_tokens, self.cca_projection(e_l.flatten(2), m_idx),
+                            self.attention_alignment(student_tokens, teacher_tokens), pairs_host)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,
                 return_features: bool = False):
@@ -212,20 +289,18 @@ class DMAFNet(nn.Module):
         Args:
             x: [B, M, *S] images, one channel per modality.
             modality_mask: optional bool [B, M], True = present (None: inferred from zero channels).
-            return_features: also return a :class:`DMAFFeatures` (for distillation losses).
+            return_features: training: also run the uni-modal decoder and distillation heads and
+                return a :class:`DMAFFeatures`.
         Returns:
-            logits [B, K, *S] (list of scales with deep supervision), and the features if requested.
+            fusion-decoder logits [B, K, *S] (list of scales with deep supervision), and the features
+            if requested.
         """
-        mask = self.check_inputs(x, modality_mask)
+        mask = self.check_inputs(x, modality_mask)  # CPU
         modality_features = self.encode(x, mask)
-        fused, weights = [], []
-        for fusion, feats in zip(self.fusions, modality_features):
-            f, w = fusion(feats, mask)
-            fused.append(f)
-            weights.append(w)
-        output = self.decoder(fused)
+        fused, maps = self.fuse(modality_features, mask.to(x.device, non_blocking=True))
+        output = self.decoder([p(f) for p, f in zip(self.fusion_projections, fused)])
         if return_features:
-            return output, DMAFFeatures(modality_features, fused, weights, mask)
+            return output, self.training_features(modality_features, fused, maps, mask)
         return output
 
 
@@ -240,7 +315,8 @@ def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwar
         arch_kwargs / arch_kwargs_req_import: the plans' ``arch_kwargs`` (strings for classes are
             resolved as nnU-Net does).
         input_channels: M, number of modalities. output_channels: segmentation heads.
-        dmaf_kwargs: DMAFNet-specific options (modality_width_factor, fusion_*).
+        dmaf_kwargs: DMAFNet-specific options (modality_width_factor, fusion_*, unimodal_decoder,
+            distillation_*).
     """
     kwargs = dict(arch_kwargs)
     for key in arch_kwargs_req_import:

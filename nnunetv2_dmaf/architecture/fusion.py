@@ -1,121 +1,153 @@
-"""DMAF fusion: masked transformer attention across modalities with attention-derived weights.
+"""DMAF fusion (figure DMAF.png of Lan et al. 2025): masked multi-head attention over the tokens of
+all present modalities, one attention map per modality, fused = sum_m e^m * Att_map_m.
 
-At one encoder scale every modality m contributes a feature map ``f_m`` of shape [B, C, *S].
-The module
+At one encoder level every modality m contributes a feature map ``e^m`` [B, C, *S]. The module
 
-1. pools each map to a coarse token grid of ``G = prod(grid)`` cells ([B, M, C, G]);
-2. runs one pre-norm transformer layer over the M modality tokens of every cell (sequence length M,
-   batch B*G) with an additive ``-inf`` key mask on missing modalities, so a missing modality is
-   never attended to and its own (query) output is discarded;
-3. derives per-cell modality weights from the attention maps: ``w_m`` is the attention that the
-   present modalities pay to modality m, averaged over heads and present queries (sums to 1 over
-   present modalities, exactly 0 for missing ones);
-4. turns the attended tokens into channel gates ``g_m = sigmoid(W y_m)`` and fuses
-   ``sum_m up(w_m) * up(g_m) * f_m``, where ``up`` interpolates the token grid back to S;
-5. projects the fused map to ``out_channels`` with a 1x1 conv block (conv, norm, nonlinearity).
+1. **Project**: average-pools each map to a token grid of at most ``token_grid`` cells per axis
+   (``T = prod(grid)`` tokens; this bounds the cost at high resolution), then a linear projection
+   C -> D plus a learned modality embedding and a fixed sinusoidal position code: tokens t_m [B, T, D];
+2. **Masked multi-head attention**: ``num_layers`` (default 4) pre-norm transformer layers over the
+   M*T tokens of all modalities; the key padding mask removes every token of a missing modality
+   (they are never attended to, and their own outputs are discarded);
+3. **Restore**: a linear map D -> C gives per-modality logits at the token grid; a softmax over the
+   PRESENT modalities (per channel and cell; missing modalities get exactly 0) gives
+   ``Att_map_m`` [B, C, *grid], which is interpolated (trilinear/bilinear) to the feature resolution;
+   interpolation keeps the maps summing to 1 over the present modalities;
+4. **Fuse**: ``f = sum over present m of e^m * Att_map_m`` (element-wise product, element-wise sum).
 
-Nothing of a missing modality reaches the output, whatever its feature content.
+Choices the figure leaves open (documented in docs/training_method.md): pooled token grid, softmax
+across modalities (so f is a per-channel convex combination whose scale does not depend on how many
+modalities are present), sinusoidal positions (no parameters tied to the patch size).
+``mode="mean"`` replaces the attention maps by 1/|present| (the "plain mean" ablation).
+Nothing of a missing modality reaches ``f``, whatever its feature content.
 """
 from __future__ import annotations
 
+import math
 from typing import Type
 
 import torch
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.conv import _ConvNd
 
+FUSION_MODES = ("attention", "mean")
+
+
+def sinusoidal_positions(grid: tuple[int, ...], dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed position code [T, dim] for a token grid (each axis gets an equal share of the sin/cos
+    frequencies over its normalised coordinate; unused dimensions are 0)."""
+    coords = torch.meshgrid(*[torch.linspace(0, 1, g, device=device) if g > 1 else torch.zeros(1, device=device)
+                              for g in grid], indexing="ij")
+    per_axis = (dim // (2 * len(grid))) or 1
+    freqs = torch.exp(torch.arange(per_axis, device=device) * (-math.log(100.0) / per_axis)) * math.pi * 4
+    parts = []
+    for c in coords:
+        angles = c.reshape(-1, 1) * freqs  # [T, per_axis]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    code = torch.cat(parts, 1)[:, :dim]
+    if code.shape[1] < dim:
+        code = F.pad(code, (0, dim - code.shape[1]))
+    return code.to(dtype)
+
 
 class DMAFFusion(nn.Module):
-    """Fuses M modality feature maps of one scale into one map.
+    """Fuses M modality feature maps of one level into one map with the same channels.
 
     Args:
         num_modalities: M.
-        channels: C, channels of each modality's feature map.
-        out_channels: channels of the fused map handed to the decoder.
+        channels: C, channels of each modality's (and the fused) feature map.
         conv_op: nn.Conv2d or nn.Conv3d (decides 2D/3D pooling and interpolation).
-        num_heads: attention heads; reduced to the largest divisor of C that is <= num_heads.
-        token_grid: cells per spatial axis of the token grid (capped by the feature map size).
-        mlp_ratio: hidden width of the transformer MLP relative to C.
-        norm_op, norm_op_kwargs, nonlin, nonlin_kwargs: as in nnU-Net's plans, for the output block.
+        num_layers: stacked masked multi-head attention layers (figure: 4).
+        num_heads: attention heads; reduced to the largest divisor of the token width <= num_heads.
+        token_grid: at most this many token cells per spatial axis (T <= token_grid ** dims).
+        token_dim: D, token width (default: C, capped at 128).
+        mlp_ratio: hidden width of each layer's MLP relative to D.
+        mode: "attention" (DMAF) or "mean" (ablation: Att_map_m = 1/|present|, no parameters used).
     """
 
-    def __init__(self, num_modalities: int, channels: int, out_channels: int, conv_op: Type[_ConvNd],
-                 num_heads: int = 4, token_grid: int = 4, mlp_ratio: float = 2.0,
-                 norm_op: Type[nn.Module] | None = None, norm_op_kwargs: dict | None = None,
-                 nonlin: Type[nn.Module] | None = None, nonlin_kwargs: dict | None = None,
-                 conv_bias: bool = True):
+    def __init__(self, num_modalities: int, channels: int, conv_op: Type[_ConvNd], num_layers: int = 4,
+                 num_heads: int = 4, token_grid: int = 4, token_dim: int | None = None, mlp_ratio: float = 2.0,
+                 mode: str = "attention"):
         super().__init__()
         if num_modalities < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
+        if mode not in FUSION_MODES:
+            raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
+        if num_layers < 1 or token_grid < 1:
+            raise ValueError(f"num_layers and token_grid must be >= 1, got {num_layers}, {token_grid}")
         self.num_modalities = num_modalities
         self.channels = channels
         self.token_grid = token_grid
+        self.mode = mode
         self.spatial_dims = 3 if conv_op == nn.Conv3d else 2
-        self.num_heads = max(h for h in range(1, max(1, num_heads) + 1) if channels % h == 0)
-
-        self.modality_embedding = nn.Parameter(torch.zeros(num_modalities, channels))
+        dim = token_dim if token_dim is not None else min(channels, 128)
+        self.token_dim = dim
+        self.num_heads = max(h for h in range(1, max(1, num_heads) + 1) if dim % h == 0)
+        self.project = nn.Linear(channels, dim)
+        self.modality_embedding = nn.Parameter(torch.zeros(num_modalities, dim))
         nn.init.trunc_normal_(self.modality_embedding, std=0.02)
-        self.norm_attn = nn.LayerNorm(channels)
-        self.attention = nn.MultiheadAttention(channels, self.num_heads, batch_first=True)
-        self.norm_mlp = nn.LayerNorm(channels)
-        hidden = max(1, int(round(channels * mlp_ratio)))
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.GELU(), nn.Linear(hidden, channels))
-        self.gate = nn.Linear(channels, channels)
-        self.out_block = ConvDropoutNormReLU(conv_op, channels, out_channels, 1, 1, conv_bias,
-                                             norm_op, norm_op_kwargs, None, None, nonlin, nonlin_kwargs)
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(dim, self.num_heads, dim_feedforward=max(1, int(round(dim * mlp_ratio))),
+                                       dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(num_layers)])
+        self.norm = nn.LayerNorm(dim)
+        self.restore = nn.Linear(dim, channels)
 
-    def _grid_size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+    def grid_size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(s, self.token_grid) for s in spatial)
+
+    def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+        """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, C, *grid] (steps 1-3)."""
+        b, m, c = modality_features.shape[:3]
+        spatial = tuple(modality_features.shape[3:])
+        grid = self.grid_size(spatial)
+        pool = F.adaptive_avg_pool3d if self.spatial_dims == 3 else F.adaptive_avg_pool2d
+        pooled = pool(modality_features.reshape(b * m, c, *spatial), grid)  # [B*M, C, *grid]
+        t = math.prod(grid)
+        tokens = self.project(pooled.reshape(b, m, c, t).transpose(2, 3))  # [B, M, T, D]
+        tokens = tokens + self.modality_embedding[None, :, None, :] \
+            + sinusoidal_positions(grid, self.token_dim, tokens.device, tokens.dtype)[None, None]
+        tokens = tokens.reshape(b, m * t, self.token_dim)
+        padding = (~modality_mask.bool()).repeat_interleave(t, dim=1)  # [B, M*T], True = ignore
+        for layer in self.layers:
+            tokens = layer(tokens, src_key_padding_mask=padding)
+        logits = self.restore(self.norm(tokens)).reshape(b, m, t, c).transpose(2, 3)  # [B, M, C, T]
+        return logits.reshape(b, m, c, *grid)
+
+    def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+        """Att_map [B, M, C, *grid]: softmax over present modalities (0 for missing ones)."""
+        present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
+        if self.mode == "mean":
+            b, m, c = modality_features.shape[:3]
+            grid = self.grid_size(tuple(modality_features.shape[3:]))
+            ones = modality_features.new_ones((b, m, c, *grid))
+            return ones * present / present.sum(1, keepdim=True)
+        logits = self.attention_logits(modality_features, modality_mask).float()
+        logits = logits.masked_fill(~present, float("-inf"))
+        return torch.softmax(logits, 1).to(modality_features.dtype)
 
     def forward(self, modality_features: torch.Tensor, modality_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
-            modality_features: [B, M, C, *S]; entries of missing modalities are ignored.
+            modality_features: [B, M, C, *S] (e^m per modality; entries of missing modalities ignored).
             modality_mask: bool [B, M], True = present; at least one True per row.
         Returns:
-            fused: [B, out_channels, *S]
-            modality_weights: [B, M, *grid] attention-derived weights (0 for missing modalities,
-                summing to 1 over modalities in every grid cell).
+            fused f: [B, C, *S]; attention maps [B, M, C, *grid] (at the token grid).
         """
-        b, m, c = modality_features.shape[:3]
         spatial = tuple(modality_features.shape[3:])
-        grid = self._grid_size(spatial)
-        num_cells = 1
-        for g in grid:
-            num_cells *= g
-
-        pool = F.adaptive_avg_pool3d if self.spatial_dims == 3 else F.adaptive_avg_pool2d
-        tokens = pool(modality_features.reshape(b * m, c, *spatial), grid)  # [B*M, C, *grid]
-        tokens = tokens.reshape(b, m, c, num_cells).permute(0, 3, 1, 2).reshape(b * num_cells, m, c)
-        present = modality_mask.bool()
-        present_cells = present.repeat_interleave(num_cells, dim=0)  # [B*G, M]
-        tokens = torch.where(present_cells.unsqueeze(-1), tokens, torch.zeros((), dtype=tokens.dtype,
-                                                                              device=tokens.device))
-        tokens = tokens + self.modality_embedding.unsqueeze(0)
-
-        normed = self.norm_attn(tokens)
-        attended, attn = self.attention(normed, normed, normed, key_padding_mask=~present_cells,
-                                        need_weights=True, average_attn_weights=True)  # attn [B*G, M(q), M(k)]
-        tokens = tokens + attended
-        tokens = tokens + self.mlp(self.norm_mlp(tokens))
-
-        query_weight = present_cells.to(attn.dtype)
-        weights = (attn * query_weight.unsqueeze(-1)).sum(1) / query_weight.sum(1, keepdim=True)  # [B*G, M]
-        weights = weights * query_weight  # exact zeros for missing modalities
-        gates = torch.sigmoid(self.gate(tokens))  # [B*G, M, C]
-
-        weights = weights.reshape(b, *grid, m).movedim(-1, 1)  # [B, M, *grid]
-        gates = gates.reshape(b, *grid, m, c).movedim(-2, 1).movedim(-1, 2)  # [B, M, C, *grid]
-        scaled_gates = (gates * weights.unsqueeze(2)).reshape(b * m, c, *grid)
-        mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
-        scaled_gates = F.interpolate(scaled_gates, size=spatial, mode=mode, align_corners=False)
-        scaled_gates = scaled_gates.reshape(b, m, c, *spatial)
-
-        present_view = present.view(b, m, *([1] * (1 + len(spatial))))
-        contributions = torch.where(present_view, scaled_gates * modality_features,
-                                    torch.zeros((), dtype=modality_features.dtype, device=modality_features.device))
-        fused = contributions.sum(1)
-        return self.out_block(fused), weights
+        b, m = modality_features.shape[:2]
+        present = modality_mask.bool().view(b, m, *([1] * (1 + len(spatial))))
+        # where(), not a product, so that NaN/inf in a missing modality's features cannot leak
+        modality_features = torch.where(present, modality_features,
+                                        torch.zeros((), dtype=modality_features.dtype, device=modality_features.device))
+        maps = self.attention_maps(modality_features, modality_mask)
+        c = maps.shape[2]
+        if tuple(maps.shape[3:]) != spatial:
+            mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+            full = F.interpolate(maps.reshape(b * m, c, *maps.shape[3:]), size=spatial, mode=mode,
+                                 align_corners=True).reshape(b, m, c, *spatial)
+        else:
+            full = maps
+        return (full * modality_features).sum(1), maps

@@ -5,9 +5,10 @@
   i.e. of the pooled distances from every surface voxel of P to the surface of R and from every
   surface voxel of R to the surface of P. Surface voxels: mask voxels with a 6-neighbour (face
   connectivity) outside the mask or outside the image. Distances use the voxel spacing (Euclidean
-  distance transform). Both empty -> 0; exactly one empty -> a penalty, by default
-  :data:`BRATS_HD95_PENALTY_MM` (373.13 mm, the diagonal of the 240x240x155 1 mm BraTS volume, as in
-  the BraTS challenge evaluation), or the image diagonal in mm (:func:`image_diagonal_mm`).
+  distance transform). Both empty -> 0; exactly one empty -> a penalty: ``nnUNetv2_dmaf_evaluate_subsets``
+  passes each case's image diagonal in mm (:func:`image_diagonal_mm`; 373.13 mm for the 240x240x155
+  1 mm BraTS geometry); :func:`hd95`'s own default is :data:`BRATS_HD95_PENALTY_MM`, the BraTS
+  challenge constant. medpy 0.5.2's ``hd95`` pools both directions the same way.
 """
 from __future__ import annotations
 

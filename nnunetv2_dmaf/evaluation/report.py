@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
+
 MEAN_ROW = "mean over subsets"
 OUTPUT_FILES = ("per_case.csv", "summary.csv", "summary.json", "summary.md", "dice_heatmap.png")
 
@@ -89,22 +91,30 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))
 
 
+def write_per_case(path: str | Path, per_case: pd.DataFrame) -> None:
+    """per_case.csv, atomically (rewritten after every prediction, so an interrupted run keeps its rows)."""
+    with atomic_output(path) as tmp:
+        per_case.to_csv(tmp, index=False, float_format="%.6g")
+
+
 def write_report(output_folder: str | Path, per_case: pd.DataFrame, summary: pd.DataFrame,
                  region_names: Sequence[str], metadata: dict) -> dict[str, Path]:
-    """Writes :data:`OUTPUT_FILES` into ``output_folder``; returns name -> path."""
+    """Writes :data:`OUTPUT_FILES` into ``output_folder`` (each atomically); returns name -> path."""
     folder = Path(output_folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in OUTPUT_FILES}
-    per_case.to_csv(paths["per_case.csv"], index=False, float_format="%.6g")
-    summary.to_csv(paths["summary.csv"], float_format="%.6g")
+    write_per_case(paths["per_case.csv"], per_case)
+    with atomic_output(paths["summary.csv"]) as tmp:
+        summary.to_csv(tmp, float_format="%.6g")
     subsets = summary.drop(index=MEAN_ROW).reset_index()
     mean_row = summary.loc[[MEAN_ROW]].drop(columns=["num_modalities"]).reset_index()
     payload = {"metadata": metadata, "subsets": _records(subsets), "mean_over_subsets": _records(mean_row)[0],
                "per_case": _records(per_case)}
-    paths["summary.json"].write_text(json.dumps(payload, indent=2))
+    write_text_atomic(paths["summary.json"], json.dumps(payload, indent=2))
     notes = "\n".join(f"- {k}: {v}" for k, v in metadata.get("conventions", {}).items())
-    paths["summary.md"].write_text(f"# Evaluation over modality subsets\n\n{markdown_table(summary, region_names)}"
-                                   + (f"\n{notes}\n" if notes else ""))
-    plot_dice_heatmap(summary, region_names, paths["dice_heatmap.png"],
-                      f"Dice per modality subset ({int(summary['num_cases'].min())} case(s))")
+    write_text_atomic(paths["summary.md"], f"# Evaluation over modality subsets\n\n"
+                                           f"{markdown_table(summary, region_names)}" + (f"\n{notes}\n" if notes else ""))
+    with atomic_output(paths["dice_heatmap.png"]) as tmp:
+        plot_dice_heatmap(summary, region_names, tmp,
+                          f"Dice per modality subset ({int(summary['num_cases'].min())} case(s))")
     return paths

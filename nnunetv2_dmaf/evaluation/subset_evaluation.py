@@ -3,44 +3,63 @@
 Usage::
 
     nnUNetv2_dmaf_evaluate_subsets -i imagesTs -l labelsTs -o eval_out -d 990 -c 3d_fullres -f 0
-        [-tr nnUNetTrainerDMAF] [--hd95_empty_penalty 373.13|diagonal] [--cases ID ...]
-        [--disable_tta] [-device cpu] [--save_predictions] [--exact_preprocessing] [--overwrite]
+        [-tr nnUNetTrainerDMAF] [--hd95_empty_penalty diagonal|MM] [--et_postprocess_voxels 500]
+        [--regions dataset|myops] [--cases ID ...] [--continue | --overwrite]
+        [--disable_tta] [-device cpu] [--save_predictions] [--exact_preprocessing]
 
 For each labelled test case (all channels present) and each of the 2^M - 1 non-empty modality
 subsets, the case is predicted with the other channels missing (zeroed and masked, as
-``nnUNetv2_dmaf_predict`` does) and scored per region (dataset.json regions or labels): Dice (both
-empty = 1) and HD95 in mm (both empty = 0, one empty = penalty). Each case is read and
-preprocessed once, with all its channels; subsets only change the zeroed channels and the network's
-mask. This equals predicting the subset from files exactly when the channels share their nonzero
-region (skull-stripped, co-registered data such as BraTS), because nnU-Net crops to, and may
-normalise within, the union of the channels' nonzero voxels; ``--exact_preprocessing`` preprocesses
-every subset from the zero-filled raw case instead (slower, identical to nnUNetv2_dmaf_predict).
+``nnUNetv2_dmaf_predict`` does) and scored per region (dataset.json regions or labels, or the MyoPS
+regions): Dice (both empty = 1) and HD95 in mm (both empty = 0, one empty = the case's image
+diagonal in mm by default). Each case is read and preprocessed once, with all its channels; subsets
+only change the zeroed channels and the network's mask. This equals predicting the subset from files
+exactly when the channels share their nonzero region (skull-stripped, co-registered data such as
+BraTS), because nnU-Net crops to, and may normalise within, the union of the channels' nonzero
+voxels; ``--exact_preprocessing`` preprocesses every subset from the zero-filled raw case instead
+(slower, identical to nnUNetv2_dmaf_predict).
 
-Outputs in ``-o``: per_case.csv, summary.csv, summary.json (with the conventions and run metadata),
-summary.md (Markdown table), dice_heatmap.png; with ``--save_predictions`` also
-``predictions/<subset>/CASE<ending>``. Exit status 1 if a case could not be evaluated (it is listed
-and left out of the tables), 2 for usage errors.
+Reference labels are checked before predicting: a truncated/unreadable file, a shape that differs
+from the image, or a value dataset.json does not define (a 5, a 1.5) fails that case (reported with
+its file), the other cases still run, and the exit status is 1.
+
+Outputs in ``-o``: ``evaluation_settings.json`` (written first), ``per_case.csv`` (rewritten after
+every prediction, so an interrupted run keeps its rows and ``--continue`` resumes it), and at the end
+summary.csv, summary.json (with the conventions and run metadata), summary.md (Markdown table),
+dice_heatmap.png and ``paper_table_Dice_<order>.md/.csv`` (rows in the published papers' subset order
+when the channels are BraTS or MyoPS ones, see ``nnUNetv2_dmaf_paper_table``); with
+``--save_predictions`` also ``predictions/<subset>/CASE<ending>``. Every file is written atomically.
+Exit status 1 if a case could not be evaluated (it is listed and left out of the tables), 2 for usage
+errors, 130 when interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from dataset_conversion._common import ConversionError, check_nifti_complete
+from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
-from nnunetv2_dmaf.evaluation.regions import Region, ignore_label_from_dataset_json, regions_from_dataset_json
-from nnunetv2_dmaf.evaluation.report import OUTPUT_FILES, metric_columns, summarize, write_report
+from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
+from nnunetv2_dmaf.evaluation.paper_table import SETTINGS_FILE, write_paper_table
+from nnunetv2_dmaf.evaluation.regions import (Region, dataset_label_values, find_region,
+                                              ignore_label_from_dataset_json, myops_regions, postprocessed_region,
+                                              regions_from_dataset_json)
+from nnunetv2_dmaf.evaluation.report import OUTPUT_FILES, metric_columns, summarize, write_per_case, write_report
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
 from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
                                                 subset_name)
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
+from dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded
     from nnunetv2_dmaf.inference.predictor import DMAFPredictor
@@ -48,12 +67,49 @@ if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loade
 DICE_RULE = "Dice = 2|P∩R|/(|P|+|R|); both empty = 1 (BraTS); exactly one empty = 0"
 HD95_RULE = ("HD95 in mm = 95th percentile (linear interpolation) of the pooled symmetric surface distances "
              "(6-connected surface voxels, spacing-aware Euclidean distance transform); both empty = 0")
+PER_CASE_KEY = ("case", "subset")
 
 
 @dataclass
 class EvaluationCase:
     case: CaseFiles
     label_file: Path
+
+
+def evaluation_regions(dataset_json: dict, preset: str = "dataset", et_postprocess_voxels: int | None = None,
+                       et_region: str | None = None) -> list[Region]:
+    """The scored regions: dataset.json's (or the MyoPS ones), plus the post-processed ET right after
+    ET when ``et_postprocess_voxels``; UsageError if no ET region is found."""
+    regions = myops_regions() if preset == "myops" else regions_from_dataset_json(dataset_json)
+    if not et_postprocess_voxels:
+        return regions
+    et = find_region(regions, [et_region] if et_region else ET_REGION_NAMES)
+    if et is None:
+        raise UsageError(f"--et_postprocess_voxels: no region named {et_region or ' / '.join(ET_REGION_NAMES)!r} "
+                         f"among {[r.name for r in regions]}; name it with --et_region")
+    regions.insert(regions.index(et) + 1, postprocessed_region(et, et_postprocess_voxels))
+    return regions
+
+
+def read_reference(item: EvaluationCase, reader_writer, dataset_json: dict) -> tuple[np.ndarray, dict]:
+    """The reference segmentation [1, *S] and properties, after checking the file is complete and
+    every value is a label of dataset.json (CaseInputError naming the file otherwise)."""
+    case_id, path = item.case.case_id, item.label_file
+    try:
+        check_nifti_complete(path)
+        reference, properties = reader_writer.read_seg(str(path))
+    except ConversionError as error:
+        raise CaseInputError(case_id, path, str(error).split(": ", 1)[-1]) from None
+    except Exception as error:  # the reader raises various types for garbage
+        raise CaseInputError(case_id, path, f"could not be read as a label image ({error})") from None
+    defined = dataset_label_values(dataset_json)
+    values = np.unique(reference)
+    bad = [v for v in values.tolist() if not (float(v).is_integer() and int(v) in defined)]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:10])
+        raise CaseInputError(case_id, path, f"label value(s) {shown} not defined in dataset.json "
+                                            f"(defined: {sorted(defined)})")
+    return reference, properties
 
 
 def parse_penalty(value: str) -> float | str:
@@ -90,7 +146,7 @@ def score_case(segmentation: np.ndarray, reference: np.ndarray, spacing: Sequenc
     empty_penalty = empty_penalty_mm(penalty, reference.shape, spacing)
     scores: dict[str, float] = {}
     for region in regions:
-        predicted, expected = region.mask(segmentation), region.mask(reference)
+        predicted, expected = region.predicted_mask(segmentation), region.mask(reference)
         if valid is not None:
             predicted, expected = predicted & valid, expected & valid
         scores[f"Dice {region.name}"] = dice(predicted, expected)
@@ -119,39 +175,40 @@ def find_evaluation_cases(image_folder: Path, label_folder: Path, file_ending: s
 
 
 def evaluate_subsets(predictor: DMAFPredictor, cases: Sequence[EvaluationCase], subsets: Sequence[ModalityMask],
-                     penalty: float | str = BRATS_HD95_PENALTY_MM, exact_preprocessing: bool = False,
-                     predictions_folder: Path | None = None, progress: bool = True
-                     ) -> tuple[pd.DataFrame, list[CaseInputError]]:
-    """Predicts and scores every case with every subset; returns the per-case table and the failures."""
+                     penalty: float | str = "diagonal", exact_preprocessing: bool = False,
+                     predictions_folder: Path | None = None, progress: bool = True,
+                     regions: Sequence[Region] | None = None, done: Collection[tuple[str, str]] = (),
+                     on_row: Callable[[dict], None] | None = None) -> tuple[pd.DataFrame, list[CaseInputError]]:
+    """Predicts and scores every case with every subset (except the (case, subset) pairs in ``done``);
+    calls ``on_row`` after each prediction; returns the new per-case rows and the failures."""
     names = predictor.channel_names
-    regions = regions_from_dataset_json(predictor.dataset_json)
+    regions = list(regions) if regions is not None else regions_from_dataset_json(predictor.dataset_json)
     ignore_label = ignore_label_from_dataset_json(predictor.dataset_json)
     file_ending = predictor.dataset_json["file_ending"]
     reader_writer = predictor.plans_manager.image_reader_writer_class()
+    done = set(done)
+    todo = [(item, [m for m in subsets if (item.case.case_id, subset_name(m, names)) not in done]) for item in cases]
+    todo = [(item, masks) for item, masks in todo if masks]
     rows, failures = [], []
-    bar = tqdm(total=len(cases) * len(subsets), desc="subset predictions", unit="pred", disable=not progress)
-    for item in cases:
+    bar = tqdm(total=sum(len(m) for _, m in todo), desc="subset predictions", unit="pred", disable=not progress,
+               mininterval=0)
+    for item, masks in todo:
         case_id = item.case.case_id
-        done = 0
+        finished = 0
         try:
             loaded = load_case(item.case, names, reader_writer)
             if not all(loaded.mask):
                 absent = [n for n, p in zip(names, loaded.mask) if not p]
                 raise CaseInputError(case_id, None,
                                      f"subset evaluation needs every channel; missing: {', '.join(absent)}")
-            try:
-                reference, reference_properties = reader_writer.read_seg(str(item.label_file))
-            except Exception as error:
-                raise CaseInputError(case_id, item.label_file,
-                                     f"could not be read as a label image ({error})") from error
+            reference, reference_properties = read_reference(item, reader_writer, predictor.dataset_json)
             if reference.shape[1:] != loaded.data.shape[1:]:
                 raise CaseInputError(case_id, item.label_file, f"label shape {reference.shape[1:]} differs from the "
                                                                f"image shape {loaded.data.shape[1:]}")
             spacing = reference_properties["spacing"]
             if not exact_preprocessing:
                 data, properties = predictor.preprocess(loaded.data, loaded.properties)
-            case_rows = []
-            for mask in subsets:
+            for mask in masks:
                 name = subset_name(mask, names)
                 bar.set_postfix_str(f"{case_id} {name}")
                 if exact_preprocessing:
@@ -162,93 +219,175 @@ def evaluate_subsets(predictor: DMAFPredictor, cases: Sequence[EvaluationCase], 
                 if predictions_folder is not None:
                     folder = predictions_folder / name
                     folder.mkdir(parents=True, exist_ok=True)
-                    reader_writer.write_seg(segmentation, str(folder / f"{case_id}{file_ending}"), properties)
+                    with atomic_output(folder / f"{case_id}{file_ending}") as tmp:
+                        reader_writer.write_seg(segmentation, str(tmp), properties)
                 scores = score_case(segmentation, reference[0], spacing, regions, penalty, ignore_label)
-                case_rows.append({"subset": name, "num_modalities": int(sum(mask)), "case": case_id, **scores,
-                                  "hd95_empty_penalty_mm": empty_penalty_mm(penalty, reference.shape[1:], spacing)})
+                row = {"subset": name, "num_modalities": int(sum(mask)), "case": case_id, **scores,
+                       "hd95_empty_penalty_mm": empty_penalty_mm(penalty, reference.shape[1:], spacing)}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
                 bar.update()
-                done += 1
-            rows += case_rows
+                finished += 1
         except (CaseInputError, ValueError) as error:
             if not isinstance(error, CaseInputError):
                 error = CaseInputError(case_id, item.label_file, str(error))
             failures.append(error)
             tqdm.write(f"ERROR {error}", file=sys.stderr)
-            bar.update(len(subsets) - done)
+            bar.update(len(masks) - finished)
     bar.close()
+    return pd.DataFrame(rows, columns=per_case_columns(regions)), failures
+
+
+def per_case_columns(regions: Sequence[Region]) -> list[str]:
     dice_cols, hd_cols = metric_columns([r.name for r in regions])
-    columns = ["subset", "num_modalities", "case"] + dice_cols + hd_cols + ["hd95_empty_penalty_mm"]
-    return pd.DataFrame(rows, columns=columns), failures
+    return ["subset", "num_modalities", "case"] + dice_cols + hd_cols + ["hd95_empty_penalty_mm"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_evaluate_subsets",
         description="Predict labelled test cases with every non-empty modality subset and tabulate Dice and "
-                    "HD95 per region, per subset and averaged over subsets (CSV, JSON, Markdown, PNG heat map).")
+                    "HD95 per region, per subset and averaged over subsets (CSV, JSON, Markdown, PNG heat map, "
+                    "and the papers' table). Per-case results are written as they come; --continue resumes.")
     parser.add_argument("-i", required=True, help="test images (CASE_XXXX<ending>, every channel present)")
     parser.add_argument("-l", required=True, help="reference labels (CASE<ending>)")
     parser.add_argument("-o", required=True, help="output folder for the tables and the plot")
     add_model_arguments(parser)
     parser.add_argument("--cases", nargs="+", metavar="CASE", help="evaluate only these case ids")
-    parser.add_argument("--hd95_empty_penalty", type=parse_penalty, default=BRATS_HD95_PENALTY_MM,
-                        metavar="MM|diagonal", help="HD95 when exactly one of prediction/reference is empty: mm, or "
-                                                    "'diagonal' (image diagonal in mm). Default: %(default)s (BraTS)")
+    parser.add_argument("--hd95_empty_penalty", type=parse_penalty, default="diagonal",
+                        metavar="diagonal|MM", help="HD95 when exactly one of prediction/reference is empty: each "
+                                                    "case's image diagonal in mm (default; 373.13 for BraTS "
+                                                    "geometry), or a fixed number of mm")
+    parser.add_argument("--et_postprocess_voxels", type=int, default=None, metavar="N",
+                        help=f"also score ET with predictions under N voxels counted as empty (the papers' "
+                             f"convention: {ET_POSTPROCESS_VOXELS}), next to raw ET. Default: off")
+    parser.add_argument("--et_region", default=None, metavar="NAME",
+                        help="region post-processed by --et_postprocess_voxels (default: the region named "
+                             "'enhancing tumor'/'enhancing tumour'/'ET')")
+    parser.add_argument("--regions", choices=("dataset", "myops"), default="dataset",
+                        help="scored regions: dataset.json's (default), or the MyoPS ones (LV blood pool, RV blood "
+                             "pool, myocardium = labels 1+4+5, edema+scar, scar) for a dataset converted with "
+                             "--no-regions")
     parser.add_argument("--exact_preprocessing", action="store_true",
                         help="preprocess each subset from the zero-filled raw case (slower; see --help text above)")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write the segmentations to OUTPUT/predictions/<subset>/")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--continue", dest="continue_run", action="store_true",
+                        help="resume an interrupted run in -o: keep its per_case.csv rows, predict the rest "
+                             "(the settings must be the same)")
+    resume.add_argument("--overwrite", action="store_true", help="replace existing output files")
     return parser
 
 
+def run_settings(args: argparse.Namespace, model_folder: Path, names: Sequence[str],
+                 regions: Sequence[Region]) -> dict:
+    """What the rows of per_case.csv depend on; ``--continue`` requires the same."""
+    return {"model_folder": str(model_folder.resolve()), "folds": [str(f) for f in (args.f or ["auto"])],
+            "checkpoint": args.chk, "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
+            "channels": list(names), "regions": {r.name: list(r.labels) for r in regions},
+            "hd95_empty_penalty": args.hd95_empty_penalty, "et_postprocess_voxels": args.et_postprocess_voxels,
+            "exact_preprocessing": args.exact_preprocessing}
+
+
+def resumed_rows(output_folder: Path, settings: dict, columns: Sequence[str]) -> pd.DataFrame:
+    """The rows of an earlier run to continue (empty if there are none); UsageError if its settings differ."""
+    settings_path, per_case_path = output_folder / SETTINGS_FILE, output_folder / "per_case.csv"
+    if not settings_path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        earlier = json.loads(settings_path.read_text())
+    except ValueError as error:
+        raise DataError(f"{settings_path}: unreadable ({error}); remove it or use --overwrite") from None
+    differing = sorted(k for k in set(settings) | set(earlier) if earlier.get(k) != settings.get(k))
+    if differing:
+        raise UsageError(f"--continue: {settings_path} was written with other settings ({', '.join(differing)}); "
+                         f"use the same options, another -o, or --overwrite")
+    if not per_case_path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    try:
+        rows = pd.read_csv(per_case_path)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise DataError(f"{per_case_path}: unreadable ({error}); use --overwrite to start again") from None
+    if list(rows.columns) != list(columns):
+        raise DataError(f"{per_case_path}: columns {list(rows.columns)} differ from this run's; use --overwrite")
+    return rows.drop_duplicates(subset=list(PER_CASE_KEY), keep="last")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """``nnUNetv2_dmaf_evaluate_subsets``."""
+    run_main(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     image_folder, label_folder, output_folder = Path(args.i), Path(args.l), Path(args.o)
     for folder, flag in ((image_folder, "-i"), (label_folder, "-l")):
         if not folder.is_dir():
-            parser.exit(2, f"error: {flag} folder {folder} does not exist\n")
-    existing = [output_folder / n for n in OUTPUT_FILES if (output_folder / n).exists()]
+            raise UsageError(f"{flag} folder {folder} does not exist")
+    if output_folder.exists() and not output_folder.is_dir():
+        raise UsageError(f"-o {output_folder} exists and is not a folder")
+    if not output_folder.parent.is_dir():
+        raise UsageError(f"-o {output_folder}: its folder {output_folder.parent} does not exist")
+    if args.et_postprocess_voxels is not None and args.et_postprocess_voxels < 1:
+        raise UsageError(f"--et_postprocess_voxels must be >= 1, got {args.et_postprocess_voxels}")
+    existing = [output_folder / n for n in (*OUTPUT_FILES, SETTINGS_FILE) if (output_folder / n).exists()]
     if args.save_predictions and (output_folder / "predictions").exists():
         existing.append(output_folder / "predictions")
-    if existing and not args.overwrite:
-        parser.exit(2, f"error: {existing[0]} already exists; pass --overwrite to replace the evaluation outputs\n")
+    if existing and not (args.overwrite or args.continue_run):
+        raise UsageError(f"{existing[0]} already exists; pass --continue to resume that run or --overwrite to "
+                         f"replace the evaluation outputs")
     try:
         model_folder = model_folder_from_args(args)
         dataset_json = model_dataset_json(model_folder)
     except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+        raise UsageError(str(error)) from None
     names = channel_names_from_dataset_json(dataset_json)
-    regions = regions_from_dataset_json(dataset_json)
+    regions = evaluation_regions(dataset_json, args.regions, args.et_postprocess_voxels, args.et_region)
+    region_names = [r.name for r in regions]
+    settings = run_settings(args, model_folder, names, regions)
+    columns = per_case_columns(regions)
+    earlier = resumed_rows(output_folder, settings, columns) if args.continue_run else pd.DataFrame(columns=columns)
     cases, failures = find_evaluation_cases(image_folder, label_folder, dataset_json["file_ending"], args.cases)
     for error in failures:
         print(f"ERROR {error}", file=sys.stderr)
     if not cases:
-        parser.exit(1, "error: no case to evaluate\n")
+        raise DataError("no case to evaluate")
     try:
         from nnunetv2_dmaf.inference.predictor import predictor_from_args
         predictor = predictor_from_args(args, allow_tqdm=False)
     except (ValueError, FileNotFoundError, TypeError) as error:
-        parser.exit(2, f"error: {error}\n")
+        raise UsageError(str(error)) from None
     subsets = all_modality_subsets(len(names))
+    output_folder.mkdir(exist_ok=True)
+    if not args.continue_run:  # rows of another run must not be resumed with these settings
+        (output_folder / "per_case.csv").unlink(missing_ok=True)
+    write_text_atomic(output_folder / SETTINGS_FILE, json.dumps(settings, indent=2))
+    done = set(zip(earlier["case"].astype(str), earlier["subset"].astype(str)))
+    rows = earlier.to_dict("records")  # all of them, also of cases outside --cases: nothing is lost
     print(f"Evaluating {len(cases)} case(s) x {len(subsets)} modality subsets of {', '.join(names)}; regions: "
-          f"{', '.join(f'{r.name} {r.labels}' for r in regions)}")
+          f"{', '.join(f'{r.name} {r.labels}' for r in regions)}"
+          + (f"; continuing: {len(rows)} prediction(s) already in {output_folder / 'per_case.csv'}" if rows else ""))
+
+    def add_row(row: dict) -> None:
+        rows.append(row)
+        write_per_case(output_folder / "per_case.csv", pd.DataFrame(rows, columns=columns))
+
     start = time.time()
-    per_case, case_failures = evaluate_subsets(
+    _, case_failures = evaluate_subsets(
         predictor, cases, subsets, args.hd95_empty_penalty, args.exact_preprocessing,
-        output_folder / "predictions" if args.save_predictions else None, not args.disable_progress_bar)
+        output_folder / "predictions" if args.save_predictions else None, not args.disable_progress_bar,
+        regions, done, add_row)
     failures += case_failures
+    per_case = pd.DataFrame(rows, columns=columns)
     if per_case.empty:
-        parser.exit(1, "error: no case could be evaluated\n")
+        raise DataError("no case could be evaluated")
     subset_names = [subset_name(m, names) for m in subsets]
-    summary = summarize(per_case, subset_names, [r.name for r in regions])
+    summary = summarize(per_case, subset_names, region_names)
     metadata = {
-        "model_folder": str(model_folder.resolve()),
-        "trainer": predictor.trainer_name, "folds": [str(f) for f in (args.f or ["auto"])], "checkpoint": args.chk,
-        "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
-        "channels": names, "regions": {r.name: list(r.labels) for r in regions},
-        "subsets": subset_names, "cases": sorted(per_case["case"].unique().tolist()),
+        **settings, "trainer": predictor.trainer_name,
+        "subsets": subset_names, "cases": sorted(per_case["case"].astype(str).unique().tolist()),
         "failed_cases": [{"case": e.case_id, "file": e.file, "reason": e.reason} for e in failures],
         "preprocessing": "per subset from the zero-filled raw case" if args.exact_preprocessing
         else "once per case with all channels; missing channels zeroed after preprocessing",
@@ -256,17 +395,24 @@ def main(argv: list[str] | None = None) -> None:
         "conventions": {"Dice": DICE_RULE, "HD95": HD95_RULE,
                         "HD95 penalty": penalty_description(args.hd95_empty_penalty),
                         "mean over subsets": "unweighted mean of the 2^M-1 subset means",
-                        "missing modality": "channel zeroed and declared missing to the network (encoder skipped)"},
+                        "missing modality": "channel zeroed and declared missing to the network (encoder skipped)",
+                        **({"ET post-processing": f"'(post-processed)' columns: an ET prediction under "
+                                                  f"{args.et_postprocess_voxels} voxels counts as empty"}
+                           if args.et_postprocess_voxels else {})},
         "seconds": round(time.time() - start, 1),
     }
-    paths = write_report(output_folder, per_case, summary, [r.name for r in regions], metadata)
+    paths = list(write_report(output_folder, per_case, summary, region_names, metadata).values())
+    order = "paper" if paper_subset_order(names) is not None else "ours"
+    markdown, table_paths = write_paper_table(output_folder, per_case, names, order, "Dice")
     print((output_folder / "summary.md").read_text())
-    print("Wrote " + ", ".join(str(p) for p in paths.values()))
+    if order == "paper":
+        print(f"In the published papers' subset order:\n\n{markdown}")
+    print("Wrote " + ", ".join(str(p) for p in paths + table_paths))
     if failures:
         print(f"{len(failures)} case(s) could not be evaluated:", file=sys.stderr)
         for error in failures:
             print(f"  FAILED {error}", file=sys.stderr)
-    sys.exit(1 if failures else 0)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

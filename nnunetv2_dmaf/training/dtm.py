@@ -1,26 +1,29 @@
-"""DTM (Dynamic Training Monitoring): distillation-loss reweighting and per-modality gradient scaling.
+"""DTM (Dynamic Training Monitoring): per-modality loss reweighting from the distillation gaps and
+per-modality encoder gradient scaling from the convergence speeds, robust to sampling noise.
 
-Per iteration the trainer records, without any device synchronisation:
+Per iteration the trainer records, for every present (sample, modality) pair and without any device
+synchronisation, two detached numbers: the distillation gap ``g`` (L_cov + L_att + L_proto of the
+pair) and a convergence signal ``c`` (the pair's uni-modal soft-Dice loss; the gap without the
+uni-modal decoder). At the end of every epoch :meth:`DynamicTrainingMonitor.end_epoch` sums the
+per-modality count, sum and sum of squares over all DDP ranks (one ``all_reduce``) and updates, for
+the next epoch:
 
-* each distillation gap (the loss value, detached);
-* a per-sample segmentation loss together with the sample's (student) modality mask.
+* **loss weights** (towards lagging modalities): the epoch's mean gap of modality m is shrunk towards
+  the mean over all pairs with ``shrinkage`` pseudo-samples, ``G_m = (n_m g_m + kappa g) / (n_m + kappa)``
+  (a rare modality's noisy mean is not taken at face value), smoothed over epochs (EMA ``E_m``,
+  momentum ``gap_momentum``), and ``w_m = clip((E_m / mean E) ** gamma, weight_bounds)``; modalities
+  with a larger gap than average get more weight on their uni-modal and distillation losses;
+* **gradient scales** (slow the fast): the convergence speed ``v_m = (c_m(e-1) - c_m(e)) / c_m(e-1)``
+  (relative decrease of the mean signal between epochs) and its sampling variance from the per-epoch
+  variances and counts are smoothed (EMA, momentum ``speed_momentum``). A modality is slowed only by
+  the part of its lead over the other modalities' mean speed that exceeds ``significance`` standard
+  errors: ``k_m = max(k_min, 1 - tanh(alpha * max(0, lead_m - z se_m) / max(|mean v|, speed_floor)))``.
+  Modalities that behave the same therefore keep k = 1 up to rare, small excursions, whatever their
+  availability; a truly faster modality is slowed. The trainer multiplies encoder m's gradients by
+  ``k_m`` after backward, before gradient clipping.
 
-At the end of every epoch :meth:`DynamicTrainingMonitor.end_epoch` sums these statistics over all
-DDP ranks (one ``all_reduce`` when ``torch.distributed`` is initialised, so every rank derives the
-same weights and scales) and updates, for the next epoch:
-
-* **loss weights** -- gap EMA ``E_k <- b_g E_k + (1 - b_g) G_k``; trend ``rho_k = G_k / E_k`` (this
-  epoch's mean gap relative to its running average, > 1 = the gap grows; both offset by a small
-  ``gap_floor`` so gaps near 0 count as steady); weights
-  ``w = K softmax(rho / T)`` clipped to ``weight_bounds`` (all 1 while the gaps are steady);
-* **gradient scales** -- per modality m, ``L_m`` = mean segmentation loss of the samples that had m;
-  EMA ``S_m``; convergence speed ``v_m = relu(S_m - L_m) / S_m``; ratio ``r_m = v_m / mean(v)``;
-  scale ``k_m = max(k_min, 1 - tanh(alpha relu(r_m - 1)))`` (OGM-GE's coefficient: modalities
-  converging faster than average are slowed down, the others keep 1). The trainer multiplies the
-  gradients of encoder m by ``k_m`` after backward, before gradient clipping.
-
-Before the first epoch ends all weights and scales are 1. A statistic without data in an epoch (no
-distillation, a modality never present) leaves its state unchanged and its weight/scale neutral.
+Before the first epoch ends all weights and scales are 1; a modality without data in an epoch keeps
+its state and gets weight/scale 1.
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from torch import distributed as dist
 from torch import nn
 
 _EPS = 1e-8
+#: rows of the per-epoch accumulator [6, M]
+_COUNT, _GAP_SUM, _GAP_SQ, _SIG_SUM, _SIG_SQ, _SIG_COUNT = range(6)
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -42,142 +47,159 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 class DynamicTrainingMonitor:
-    """Tracks distillation gaps and per-modality convergence; see the module docstring.
+    """See the module docstring.
 
     Args:
-        loss_names: the K distillation losses.
         modality_names: the M modalities (encoders), in channel order.
-        gap_momentum: b_g, EMA momentum of the gaps (per epoch).
-        weight_temperature: T of the softmax over gap trends.
-        weight_bounds: (min, max) of each loss weight.
-        gap_floor: added to gap and EMA in the trend ratio (gaps far below it count as steady).
-        speed_momentum: EMA momentum of the per-modality losses (per epoch).
-        grad_alpha: alpha of the OGM-GE coefficient.
-        min_grad_scale: k_min, lower bound of a gradient scale.
+        gap_momentum: EMA momentum of the shrunk gaps (per epoch).
+        shrinkage: kappa, pseudo-samples pulling a modality's mean gap to the overall mean.
+        weight_exponent: gamma. weight_bounds: (min, max) of each loss weight.
+        speed_momentum: EMA momentum of the speeds (per epoch).
+        significance: z, standard errors of lead that are ignored.
+        grad_alpha: alpha. min_grad_scale: k_min. speed_floor: smallest speed scale (relative
+            decrease per epoch) the lead is measured against.
         reweight_losses / modulate_gradients: switch either mechanism off (weights / scales stay 1).
         device: where the per-iteration accumulators live (the training device).
     """
 
-    def __init__(self, loss_names: Sequence[str], modality_names: Sequence[str], gap_momentum: float = 0.9,
-                 weight_temperature: float = 1.0, weight_bounds: tuple[float, float] = (0.5, 2.0),
-                 gap_floor: float = 1e-4, speed_momentum: float = 0.9, grad_alpha: float = 0.5,
-                 min_grad_scale: float = 0.1,
-                 reweight_losses: bool = True, modulate_gradients: bool = True,
-                 device: torch.device | str = "cpu"):
+    def __init__(self, modality_names: Sequence[str], gap_momentum: float = 0.8, shrinkage: float = 50.0,
+                 weight_exponent: float = 1.0, weight_bounds: tuple[float, float] = (0.5, 2.0),
+                 speed_momentum: float = 0.8, significance: float = 2.0, grad_alpha: float = 1.0,
+                 min_grad_scale: float = 0.5, speed_floor: float = 0.01, reweight_losses: bool = True,
+                 modulate_gradients: bool = True, device: torch.device | str = "cpu"):
         if not (0 <= gap_momentum < 1 and 0 <= speed_momentum < 1):
             raise ValueError("DTM momenta must be in [0, 1)")
-        if gap_floor <= 0 or weight_temperature <= 0 or grad_alpha < 0 or not 0 < min_grad_scale <= 1:
-            raise ValueError("DTM needs gap_floor > 0, weight_temperature > 0, grad_alpha >= 0 and "
-                             "min_grad_scale in (0, 1]")
+        if shrinkage < 0 or weight_exponent < 0 or significance < 0 or grad_alpha < 0 or speed_floor <= 0:
+            raise ValueError("DTM needs shrinkage, weight_exponent, significance, grad_alpha >= 0 and speed_floor > 0")
+        if not 0 < min_grad_scale <= 1:
+            raise ValueError(f"min_grad_scale must be in (0, 1], got {min_grad_scale}")
         if not 0 < weight_bounds[0] <= 1 <= weight_bounds[1]:
             raise ValueError(f"weight_bounds must satisfy 0 < min <= 1 <= max, got {weight_bounds}")
-        self.loss_names = list(loss_names)
         self.modality_names = list(modality_names)
         self.gap_momentum = gap_momentum
-        self.weight_temperature = weight_temperature
+        self.shrinkage = shrinkage
+        self.weight_exponent = weight_exponent
         self.weight_bounds = tuple(weight_bounds)
-        self.gap_floor = gap_floor
         self.speed_momentum = speed_momentum
+        self.significance = significance
         self.grad_alpha = grad_alpha
         self.min_grad_scale = min_grad_scale
+        self.speed_floor = speed_floor
         self.reweight_losses = reweight_losses
         self.modulate_gradients = modulate_gradients
         self.device = torch.device(device)
-
-        k, m = len(self.loss_names), len(self.modality_names)
+        m = len(self.modality_names)
         self.epochs = 0
-        self.gap_ema = np.full(k, np.nan)
-        self.last_gaps = np.full(k, np.nan)
-        self.loss_weights = np.ones(k)
-        self.modality_loss_ema = np.full(m, np.nan)
-        self.last_modality_losses = np.full(m, np.nan)
-        self.speeds = np.full(m, np.nan)
+        self.gap_ema = np.full(m, np.nan)
+        self.last_gaps = np.full(m, np.nan)
+        self.loss_weights = np.ones(m)
+        self.last_signal = np.full(m, np.nan)  # previous epoch's mean convergence signal
+        self.last_signal_var = np.full(m, np.nan)  # its sampling variance (var / n)
+        self.speed_ema = np.full(m, np.nan)
+        self.speed_var = np.full(m, np.nan)
         self.grad_scales = np.ones(m)
         self.history: list[dict] = []
         self._reset_accumulators()
 
     # ---------------------------------------------------------------- per iteration
     def _reset_accumulators(self) -> None:
-        k, m = len(self.loss_names), len(self.modality_names)
-        self._acc = torch.zeros(2 * k + 2 * m, dtype=torch.float64, device=self.device)
+        self._acc = torch.zeros(6, len(self.modality_names), dtype=torch.float64, device=self.device)
 
-    def record_gaps(self, gaps: Mapping[str, torch.Tensor | float]) -> None:
-        """Adds one iteration's distillation losses (any subset of ``loss_names``)."""
-        k = len(self.loss_names)
-        for name, value in gaps.items():
-            i = self.loss_names.index(name)
-            self._acc[i] += torch.as_tensor(value).detach().to(self._acc)
-            self._acc[k + i] += 1
-
-    def record_segmentation(self, per_sample_loss: torch.Tensor, modality_mask: torch.Tensor) -> None:
-        """per_sample_loss [B], modality_mask bool [B, M] (the modalities each sample was trained with)."""
-        k, m = len(self.loss_names), len(self.modality_names)
-        mask = modality_mask.detach().to(self._acc)
-        self._acc[2 * k:2 * k + m] += (per_sample_loss.detach().to(self._acc)[:, None] * mask).sum(0)
-        self._acc[2 * k + m:] += mask.sum(0)
+    def record(self, gaps: torch.Tensor | None, signal: torch.Tensor | None, modality: torch.Tensor) -> None:
+        """One iteration: gaps [P] and convergence signal [P] (either may be None) of the pairs whose
+        modality ids are ``modality`` [P]."""
+        idx = modality.to(self._acc.device).long()
+        ones = torch.ones(idx.numel(), dtype=self._acc.dtype, device=self._acc.device)
+        if gaps is not None:
+            g = gaps.detach().to(self._acc)
+            self._acc[_COUNT].index_add_(0, idx, ones)
+            self._acc[_GAP_SUM].index_add_(0, idx, g)
+            self._acc[_GAP_SQ].index_add_(0, idx, g * g)
+        if signal is not None:
+            c = signal.detach().to(self._acc)
+            self._acc[_SIG_COUNT].index_add_(0, idx, ones)
+            self._acc[_SIG_SUM].index_add_(0, idx, c)
+            self._acc[_SIG_SQ].index_add_(0, idx, c * c)
 
     # ---------------------------------------------------------------- per epoch
     def end_epoch(self) -> dict[str, Any]:
         """Reduces the epoch's statistics over ranks, updates weights and scales; returns a summary."""
-        k, m = len(self.loss_names), len(self.modality_names)
         stats = all_reduce_sum(self._acc.clone()).cpu().numpy()
         self._reset_accumulators()
-        gap_sum, gap_count = stats[:k], stats[k:2 * k]
-        loss_sum, loss_count = stats[2 * k:2 * k + m], stats[2 * k + m:]
-        gaps = np.where(gap_count > 0, gap_sum / np.maximum(gap_count, 1), np.nan)
-        modality_losses = np.where(loss_count > 0, loss_sum / np.maximum(loss_count, 1), np.nan)
-        self._update_weights(gaps)
-        self._update_scales(modality_losses)
+        return self.update(stats)
+
+    def update(self, stats: np.ndarray) -> dict[str, Any]:
+        """Applies one epoch's accumulated statistics [6, M] (see ``record``)."""
+        self._update_weights(stats[_COUNT], stats[_GAP_SUM], stats[_GAP_SQ])
+        self._update_scales(stats[_SIG_COUNT], stats[_SIG_SUM], stats[_SIG_SQ])
         self.epochs += 1
         summary = self.summary()
         self.history.append(summary)
         return summary
 
-    def _update_weights(self, gaps: np.ndarray) -> None:
-        trend = np.ones(len(gaps))
-        for i, gap in enumerate(gaps):
-            if np.isnan(gap):
-                continue
-            gap = max(float(gap), 0.0)  # losses are >= 0; clip float noise
-            if not np.isnan(self.gap_ema[i]):
-                trend[i] = (gap + self.gap_floor) / (self.gap_ema[i] + self.gap_floor)
-                self.gap_ema[i] = self.gap_momentum * self.gap_ema[i] + (1 - self.gap_momentum) * gap
-            else:
-                self.gap_ema[i] = gap
-            self.last_gaps[i] = gap
-        if self.reweight_losses and len(trend):
-            logits = trend / self.weight_temperature
-            softmax = np.exp(logits - logits.max())
-            softmax /= softmax.sum()
-            self.loss_weights = np.clip(len(trend) * softmax, *self.weight_bounds)
+    def _update_weights(self, n: np.ndarray, total: np.ndarray, _sq: np.ndarray) -> None:
+        has = n > 0
+        if not has.any():
+            return
+        overall = total[has].sum() / n[has].sum()
+        means = np.where(has, total / np.maximum(n, 1), np.nan)
+        shrunk = (n * np.nan_to_num(means) + self.shrinkage * overall) / (n + self.shrinkage)
+        for i in np.flatnonzero(has):
+            self.last_gaps[i] = means[i]
+            self.gap_ema[i] = shrunk[i] if np.isnan(self.gap_ema[i]) else \
+                self.gap_momentum * self.gap_ema[i] + (1 - self.gap_momentum) * shrunk[i]
+        known = ~np.isnan(self.gap_ema)
+        weights = np.ones(len(n))
+        if self.reweight_losses and known.sum() >= 2 and self.gap_ema[known].mean() > _EPS:
+            ratio = np.maximum(self.gap_ema[known], 0) / self.gap_ema[known].mean()
+            weights[known] = np.clip(ratio ** self.weight_exponent, *self.weight_bounds)
+        self.loss_weights = weights
 
-    def _update_scales(self, losses: np.ndarray) -> None:
-        speeds = np.full(len(losses), np.nan)
-        for i, loss in enumerate(losses):
-            if np.isnan(loss):
-                continue
-            if not np.isnan(self.modality_loss_ema[i]):
-                speeds[i] = max(0.0, self.modality_loss_ema[i] - loss) / max(self.modality_loss_ema[i], _EPS)
-                self.modality_loss_ema[i] = self.speed_momentum * self.modality_loss_ema[i] + \
-                    (1 - self.speed_momentum) * loss
-            else:
-                self.modality_loss_ema[i] = loss
-            self.last_modality_losses[i] = loss
-        self.speeds = speeds
-        scales = np.ones(len(losses))
-        valid = ~np.isnan(speeds)
-        if self.modulate_gradients and valid.any() and speeds[valid].mean() > _EPS:
-            ratio = speeds[valid] / speeds[valid].mean()
-            scales[valid] = np.maximum(self.min_grad_scale,
-                                       1 - np.tanh(self.grad_alpha * np.maximum(ratio - 1, 0)))
-        self.grad_scales = scales
+    def _update_scales(self, n: np.ndarray, total: np.ndarray, sq: np.ndarray) -> None:
+        has = n > 1
+        means = np.where(has, total / np.maximum(n, 1), np.nan)
+        sample_var = np.where(has, np.maximum(sq / np.maximum(n, 1) - means ** 2, 0) * n / np.maximum(n - 1, 1),
+                              np.nan)
+        mean_var = sample_var / np.maximum(n, 1)  # variance of the epoch mean
+        b = self.speed_momentum
+        for i in np.flatnonzero(has):
+            prev = self.last_signal[i]
+            if not np.isnan(prev) and prev > _EPS:
+                v = (prev - means[i]) / prev
+                v_var = (self.last_signal_var[i] + mean_var[i]) / prev ** 2
+                if np.isnan(self.speed_ema[i]):
+                    self.speed_ema[i], self.speed_var[i] = v, v_var
+                else:
+                    self.speed_ema[i] = b * self.speed_ema[i] + (1 - b) * v
+                    self.speed_var[i] = b * b * self.speed_var[i] + (1 - b) ** 2 * v_var
+            self.last_signal[i], self.last_signal_var[i] = means[i], mean_var[i]
+        self.grad_scales = self.scales_from_speeds(self.speed_ema, self.speed_var)
+
+    def scales_from_speeds(self, speeds: np.ndarray, variances: np.ndarray) -> np.ndarray:
+        """k [M] from smoothed speeds and their variances (NaN = unknown -> 1)."""
+        scales = np.ones(len(speeds))
+        known = np.flatnonzero(~np.isnan(speeds))
+        if not self.modulate_gradients or len(known) < 2:
+            return scales
+        reference = max(abs(float(speeds[known].mean())), self.speed_floor)
+        for i in known:
+            others = [j for j in known if j != i]
+            lead = speeds[i] - speeds[others].mean()
+            se = np.sqrt(variances[i] + variances[others].mean() / len(others))
+            excess = max(0.0, lead - self.significance * se)
+            scales[i] = max(self.min_grad_scale, 1 - np.tanh(self.grad_alpha * excess / reference))
+        return scales
 
     # ---------------------------------------------------------------- applying
     def weights(self) -> dict[str, float]:
-        return {n: float(w) for n, w in zip(self.loss_names, self.loss_weights)}
+        return {n: float(w) for n, w in zip(self.modality_names, self.loss_weights)}
 
     def scales(self) -> dict[str, float]:
         return {n: float(s) for n, s in zip(self.modality_names, self.grad_scales)}
+
+    def weight_tensor(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Loss weights [M] as a tensor (host -> device copy, no sync)."""
+        return torch.as_tensor(self.loss_weights, dtype=dtype).to(device, non_blocking=True)
 
     def scale_encoder_gradients(self, encoders: Sequence[nn.Module]) -> None:
         """Multiplies the gradients of ``encoders[m]`` by k_m (call after backward, before clipping)."""
@@ -190,26 +212,27 @@ class DynamicTrainingMonitor:
                     torch._foreach_mul_(grads, float(scale))
 
     def summary(self) -> dict[str, Any]:
-        """Current state for logging: weights, last gaps, gradient scales, per-modality speeds."""
+        """Current state for logging: weights, last gaps, gradient scales, smoothed speeds."""
         return {"epoch": self.epochs, "weights": self.weights(), "scales": self.scales(),
-                "gaps": {n: float(g) for n, g in zip(self.loss_names, self.last_gaps)},
-                "speeds": {n: float(v) for n, v in zip(self.modality_names, self.speeds)}}
+                "gaps": {n: float(g) for n, g in zip(self.modality_names, self.last_gaps)},
+                "speeds": {n: float(v) for n, v in zip(self.modality_names, self.speed_ema)}}
 
     # ---------------------------------------------------------------- checkpointing
+    _STATE_ARRAYS = ("gap_ema", "last_gaps", "loss_weights", "last_signal", "last_signal_var", "speed_ema",
+                     "speed_var", "grad_scales")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"version": 1, "loss_names": self.loss_names, "modality_names": self.modality_names,
-                "epochs": self.epochs, "gap_ema": self.gap_ema.tolist(), "last_gaps": self.last_gaps.tolist(),
-                "loss_weights": self.loss_weights.tolist(), "modality_loss_ema": self.modality_loss_ema.tolist(),
-                "last_modality_losses": self.last_modality_losses.tolist(), "speeds": self.speeds.tolist(),
-                "grad_scales": self.grad_scales.tolist(), "history": list(self.history)}
+        return {"version": 2, "modality_names": self.modality_names, "epochs": self.epochs,
+                "history": list(self.history), **{k: getattr(self, k).tolist() for k in self._STATE_ARRAYS}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if list(state["loss_names"]) != self.loss_names or list(state["modality_names"]) != self.modality_names:
-            raise ValueError(f"DTM state is for losses {state['loss_names']} / modalities {state['modality_names']}, "
-                             f"this trainer has {self.loss_names} / {self.modality_names}")
+        if state.get("version") != 2:
+            raise ValueError(f"DTM state version {state.get('version')} is not supported (expected 2)")
+        if list(state["modality_names"]) != self.modality_names:
+            raise ValueError(f"DTM state is for modalities {state['modality_names']}, this trainer has "
+                             f"{self.modality_names}")
         self.epochs = int(state["epochs"])
-        for key in ("gap_ema", "last_gaps", "loss_weights", "modality_loss_ema", "last_modality_losses",
-                    "speeds", "grad_scales"):
+        for key in self._STATE_ARRAYS:
             setattr(self, key, np.asarray(state[key], dtype=np.float64))
         self.history = list(state.get("history", []))
         self._reset_accumulators()
@@ -239,4 +262,3 @@ def per_sample_soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, has_re
         denominator = ((prob + ref) * valid).sum(axes)
         dice = (2 * intersection + 1e-5) / (denominator + 1e-5)
         return 1 - dice.mean(1)
-

@@ -11,8 +11,14 @@ Two sources of missingness, combinable (see docs/training_method.md):
 
 Per sample the transform produces two masks (bool [M], True = present):
 
-* ``available_mask``: what the case has (all True without a table) -- the *teacher* input;
-* ``modality_mask``: ``available_mask`` with the rate-based drops applied -- the *student* input.
+* ``available_mask``: what the case has: the table's row (all True without a table), AND the channels
+  that hold data before augmentation (``data_present_mask`` of :class:`ChannelPresenceTransform`), so
+  a zero-filled channel counts as missing even when no table says so;
+* ``modality_mask``: ``available_mask`` with the rate-based drops applied -- what the network sees.
+  Every channel outside ``modality_mask`` is set to exactly zero (as a missing channel is at inference).
+
+Validation (``fixed_per_case=True``): the rate-based subset of each case is drawn once from a
+generator seeded with the case id, so the per-epoch pseudo-Dice always sees the same inputs.
 
 Never all dropped: the drops are resampled until at least one available modality remains, i.e. the
 mask follows the independent-drop distribution conditioned on "not empty". A modality with rate 1.0
@@ -22,6 +28,7 @@ available set (there is nothing valid to sample).
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -30,6 +37,7 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
+from nnunetv2_dmaf.training.channel_presence import DATA_PRESENT_KEY
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 from nnunetv2_dmaf.modalities import channel_index_by_name, channel_names_from_dataset_json
 
@@ -177,16 +185,35 @@ class ModalityDropoutConfig:
             raise ValueError(f"availability table {self.table_path} has no row for {len(missing)} case(s) used in "
                              f"training/validation, e.g. {missing[:5]}; add them (case_id = nnU-Net case identifier)")
 
-    def training_transform(self, zero_dropped: bool) -> "ModalityDropoutTransform | None":
-        if self.mode == "complete":
-            return None
-        return ModalityDropoutTransform(self.missing_rates, self.availability, zero_dropped=zero_dropped)
+    def training_transform(self, extra_rates: Sequence[float] | None = None) -> "ModalityDropoutTransform":
+        """Per-iteration dropout with the configured rates (combined with ``extra_rates``, e.g. a
+        baseline's uniform channel dropout: a modality survives both independently)."""
+        rates = self.missing_rates if extra_rates is None else \
+            1 - (1 - self.missing_rates) * (1 - np.asarray(extra_rates, dtype=np.float64))
+        return ModalityDropoutTransform(rates, self.availability)
 
-    def validation_transform(self) -> "ModalityDropoutTransform | None":
-        """Validation sees what the cases have: complete without a table, the table's set with one."""
-        if self.availability is None:
-            return None
-        return ModalityDropoutTransform(np.zeros(len(self.channel_names)), self.availability, zero_dropped=True)
+    def validation_transform(self) -> "ModalityDropoutTransform":
+        """Validation sees the configured missingness, fixed per case: the table's set, then a subset
+        drawn with the missing rates from a generator seeded with the case id."""
+        return ModalityDropoutTransform(self.missing_rates, self.availability, fixed_per_case=True)
+
+    def describe_validation(self) -> str:
+        """One line for the log: what the per-epoch pseudo-Dice is computed on."""
+        parts = []
+        if self.availability is not None:
+            parts.append("each case's available modalities from the table")
+        if np.any(self.missing_rates > 0):
+            parts.append(f"a fixed subset per case drawn with the missing rates {self.rates_by_name()} "
+                         f"(seeded by the case id)")
+        if not parts:
+            parts.append("all modalities")
+        return "validation pseudo-Dice uses " + " and ".join(parts) + "; all-zero channels count as missing"
+
+    def changed_cases(self, other: "ModalityDropoutConfig") -> list[str]:
+        """Case ids whose availability differs between the two tables (added, removed or edited)."""
+        mine, theirs = self.availability or {}, other.availability or {}
+        return sorted(k for k in set(mine) | set(theirs)
+                      if k not in mine or k not in theirs or not np.array_equal(mine[k], theirs[k]))
 
 
 def find_availability_table(dataset_name: str, environ: Mapping[str, str] | None = None) -> Path | None:
@@ -230,53 +257,66 @@ def load_dropout_config(dataset_json: Mapping[str, Any], dataset_name: str,
                                  rates_source=f"${ENV_MISSING_RATES}" if spec and spec.strip() else None)
 
 
-class ModalityDropoutTransform(BasicTransform):
-    """Per-sample modality dropout on ``image`` [M, *S] (batchgeneratorsv2 style).
+def case_rng(case_id: str) -> np.random.Generator:
+    """A generator seeded with the case id (same subset for a case in every epoch and run)."""
+    return np.random.default_rng(zlib.crc32(str(case_id).encode("utf-8")))
 
-    Reads ``case_id`` from the data dict when a table is given (DMAFDataLoader passes it). Writes
-    ``modality_mask`` (student, bool [M]) and ``available_mask`` (teacher, bool [M]); zeroes the
-    channels a case does not have and, if ``zero_dropped``, also the dropped ones. Keep the dropped
-    channels (``zero_dropped=False``) when a full-modality teacher pass needs them: DMAFNet never
-    reads a channel its mask marks missing.
+
+class ModalityDropoutTransform(BasicTransform):
+    """Per-sample modality dropout on ``image`` [M, *S] (batchgeneratorsv2 style); put it LAST.
+
+    Reads ``case_id`` from the data dict when a table is given (DMAFDataLoader passes it) and
+    ``data_present_mask`` when :class:`ChannelPresenceTransform` ran first. Writes ``modality_mask``
+    (bool [M], what the network sees) and ``available_mask`` (bool [M], what the case has), and sets
+    every channel outside ``modality_mask`` to zero.
 
     Args:
         missing_rates: [M] drop probabilities in channel order.
         availability: optional {case_id: bool [M]}.
-        zero_dropped: zero the rate-dropped channels too.
+        fixed_per_case: draw the subset of a case from :func:`case_rng` (validation) instead of
+            numpy's global RNG (training).
     """
 
     def __init__(self, missing_rates: Sequence[float], availability: Mapping[str, np.ndarray] | None = None,
-                 zero_dropped: bool = True):
+                 fixed_per_case: bool = False):
         super().__init__()
         self.missing_rates = torch.as_tensor(np.asarray(missing_rates, dtype=np.float32))
         if self.missing_rates.ndim != 1 or bool(((self.missing_rates < 0) | (self.missing_rates > 1)).any()):
             raise ValueError(f"missing_rates must be a 1D sequence in [0, 1], got {missing_rates}")
         self.availability = None if availability is None else \
             {k: torch.as_tensor(np.asarray(v, dtype=bool)) for k, v in availability.items()}
-        self.zero_dropped = zero_dropped
+        self.fixed_per_case = fixed_per_case
 
     def get_parameters(self, **data_dict) -> dict:
         num_modalities = self.missing_rates.numel()
+        case_id = data_dict.get("case_id")
         if self.availability is None:
             available = torch.ones(num_modalities, dtype=torch.bool)
         else:
-            case_id = data_dict.get("case_id")
             if case_id is None:
                 raise KeyError("ModalityDropoutTransform with an availability table needs 'case_id' in the data dict")
             if case_id not in self.availability:
                 raise KeyError(f"case {case_id!r} is not in the availability table")
-            available = self.availability[case_id]
-        return {"available": available, "present": sample_modality_mask(available, self.missing_rates)}
+            available = self.availability[case_id].clone()
+        data_present = data_dict.get(DATA_PRESENT_KEY)
+        if data_present is not None and bool((available & data_present).any()):
+            available &= data_present
+        if self.fixed_per_case:
+            if case_id is None:
+                raise KeyError("ModalityDropoutTransform(fixed_per_case=True) needs 'case_id' in the data dict")
+            present = sample_modality_mask(available, self.missing_rates, case_rng(case_id))
+        else:
+            present = sample_modality_mask(available, self.missing_rates)
+        return {"available": available, "present": present}
 
     def apply(self, data_dict: dict, **params) -> dict:
         image = data_dict["image"]
         available, present = params["available"], params["present"]
         if image.shape[0] != available.numel():
             raise ValueError(f"image has {image.shape[0]} channels but {available.numel()} modalities are configured")
-        keep = present if self.zero_dropped else available
-        if not bool(keep.all()):
+        if not bool(present.all()):
             image = image.clone()
-            image[~keep] = 0
+            image[~present] = 0
         data_dict["image"] = image
         data_dict["modality_mask"] = present
         data_dict["available_mask"] = available

@@ -1,5 +1,6 @@
-"""Prototype distillation: class/region prototypes (masked average pooling of features with the
-ground truth) aligned between the teacher (the case's modalities) and the student (a subset).
+"""Prototype distillation: class/region prototypes of e^m_L and of f_L (masked average pooling with the
+ground truth at level L), aligned per (sample, modality) pair ("cross-modal class-specific prototype
+alignment"). The fused side is the detached teacher (see relation.py).
 
 Handles both nnU-Net target layouts:
 
@@ -57,22 +58,15 @@ def masked_average_prototypes(features: torch.Tensor, masks: torch.Tensor, eps: 
     return prototypes, mass
 
 
-class PrototypeDistillationLoss(nn.Module):
-    """mean over (sample, class present in the patch) of 1 - cos(p_student, p_teacher).
+def prototype_alignment(student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
+                        min_mass: float = 1e-3) -> torch.Tensor:
+    """L_proto per pair: mean over the classes present (mask mass > ``min_mass`` feature voxels) of
+    1 - cos(p^m_c, p^f_c); 0 for a pair without any class present.
 
-    A class is present when its mask mass at the feature resolution exceeds ``min_mass`` (in feature
-    voxels). Zero (with a graph) when no class is present.
-    """
-
-    def __init__(self, min_mass: float = 1e-3):
-        super().__init__()
-        self.min_mass = min_mass
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """student, teacher: [B, C, *S]; masks: [B, K, *S] from :func:`region_masks` -> scalar."""
-        with torch.autocast(student.device.type, enabled=False):
-            p_s, mass = masked_average_prototypes(student, masks)
-            p_t, _ = masked_average_prototypes(teacher.detach(), masks)
-            present = (mass > self.min_mass).float()
-            distance = 1 - F.cosine_similarity(p_s, p_t, dim=-1, eps=1e-8)
-            return (distance * present).sum() / present.sum().clamp_min(1.0)
+    student e^m_L [P, C, *S], teacher f_L [P, C, *S] (detached here), masks [P, K, *S] -> [P]."""
+    with torch.autocast(student.device.type, enabled=False):
+        p_s, mass = masked_average_prototypes(student, masks)
+        p_t, _ = masked_average_prototypes(teacher.detach(), masks)
+        present = (mass > min_mass).float()
+        distance = 1 - F.cosine_similarity(p_s, p_t, dim=-1, eps=1e-8)
+        return (distance * present).sum(1) / present.sum(1).clamp_min(1.0)
