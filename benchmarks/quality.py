@@ -498,6 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         check_settings(work_dir, args)
         prepare(work_dir, args)
         comparison = [t for t in args.trainers if t in list(TRAINERS)[:3]]
+        comparison.sort(key=lambda t: t != DMAF)  # per seed the slowest run, (c), starts first
         runs = [(trainer, seed) for group in (comparison, [t for t in args.trainers if t not in comparison])
                 for seed in args.seeds for trainer in group]  # (a)-(c) for every seed first, then ablations
         run_all(work_dir, runs, args)
