@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-seed", type=int, default=0, help="seed of the generated cases and of the table")
     data.add_argument("--features", type=int, default=16, help="first-stage width of 3d_quality (default 16)")
     data.add_argument("--batch-size", type=int, default=2)
-    data.add_argument("--epochs", type=int, default=40)
+    data.add_argument("--epochs", type=int, default=30)
     data.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     data.add_argument("--val-iterations", type=int, default=4, help="validation iterations per epoch")
     return parser
