@@ -83,7 +83,10 @@ def mr2468_subset_counts(num_cases: int, table_path: Path = PUBLISHED_TABLE) -> 
     """Cases per modality subset (bool [4] in TABLE_MODALITIES order) for ``num_cases`` training cases:
     every subset at least once, the rest allocated so that the per-modality missing rates come as close
     as possible to the published table's realised rates (largest remainder, then greedy moves)."""
-    published = np.array(list(read_split_table(table_path).values()), dtype=bool)
+    split = read_split_table(table_path)
+    if tuple(split.modalities) != tuple(TABLE_MODALITIES):
+        raise DataError(f"{table_path}: expected the BraTS modalities {list(TABLE_MODALITIES)}, got {split.modalities}")
+    published = np.array(list(split.masks.values()), dtype=bool)
     subsets = [tuple(bool(b) for b in np.array(list(np.binary_repr(i, 4)), dtype=int)) for i in range(1, 16)]
     if num_cases < len(subsets):
         raise UsageError(f"--num-training must be >= {len(subsets)} so that every modality subset occurs")
