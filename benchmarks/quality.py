@@ -35,7 +35,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Sequence
 
@@ -256,6 +256,7 @@ def train(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> 
 
 def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int) -> Path:
     out = work_dir / "evaluation" / f"seed_{seed}" / trainer
+    out.parent.mkdir(parents=True, exist_ok=True)
     raw = work_dir / "raw" / DATASET
     run_quiet(["nnUNetv2_dmaf_evaluate_subsets", "-i", str(raw / "imagesTs"), "-l", str(raw / "labelsTs"),
                "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
@@ -268,25 +269,19 @@ def training_curves(checkpoint: Path) -> dict:
     """Per-epoch logs of a finished training (nnU-Net's logger, from the final checkpoint)."""
     import torch
     logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
-    return {k: [np.asarray(v).tolist() for v in logging[k]] for k in
-            ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses")}
-
-
-def timing_file(work_dir: Path, trainer: str, seed: int) -> Path:
-    """Training wall time of one (trainer, seed) in seconds (the parts of an interrupted run add up)."""
-    return work_dir / "timings" / f"{trainer}_seed{seed}.txt"
+    curves = {k: [np.asarray(v).tolist() for v in logging[k]] for k in
+              ("mean_fg_dice", "ema_fg_dice", "dice_per_class_or_region", "train_losses", "val_losses")}
+    curves["epoch_seconds"] = [end - start for start, end in
+                               zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    return curves
 
 
 def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> None:
-    """Trains, records wall time and curves, and evaluates one (trainer, seed) unless already done."""
+    """Trains, stores the curves, and evaluates one (trainer, seed) unless already done."""
     folder = model_folder(work_dir, trainer, seed)
     if not (folder / "checkpoint_final.pth").is_file():
         print(f"[{time.strftime('%H:%M:%S')}] training {trainer}, seed {seed} ...", flush=True)
         seconds = train(work_dir, trainer, seed, args)
-        timing = timing_file(work_dir, trainer, seed)
-        timing.parent.mkdir(parents=True, exist_ok=True)
-        before = float(timing.read_text()) if timing.is_file() else 0.0
-        write_text_atomic(timing, f"{before + seconds:.1f}\n")
         print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
     curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
     if not curves.is_file():
@@ -299,18 +294,23 @@ def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -
 
 
 def run_all(work_dir: Path, runs: Sequence[tuple[str, int]], args: argparse.Namespace) -> None:
-    """Runs (trainer, seed) pairs in this order, ``args.jobs`` at a time; the first failure stops
-    the rest (finished runs stay and are reused by the next call)."""
+    """Runs (trainer, seed) pairs in this order, ``args.jobs`` at a time. A failed run is reported
+    and the others go on (DataError at the end); Ctrl-C/SIGTERM stops every running child."""
+    failed = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_one, work_dir, trainer, seed, args) for trainer, seed in runs]
+        futures = {pool.submit(run_one, work_dir, trainer, seed, args): (trainer, seed) for trainer, seed in runs}
         try:
-            for future in futures:
-                future.result()
+            for future in as_completed(futures):
+                if future.exception() is not None:
+                    print(f"{futures[future][0]}, seed {futures[future][1]}: {future.exception()}", file=sys.stderr)
+                    failed.append(futures[future])
         except BaseException:
             for future in futures:
                 future.cancel()
             stop_running()
             raise
+    if failed:
+        raise DataError(f"{len(failed)} run(s) failed: " + ", ".join(f"{t} seed {s}" for t, s in failed))
 
 
 # ------------------------------------------------------------------------------ report
@@ -358,13 +358,13 @@ def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.N
              f"(first-stage width {args.features}, batch size {args.batch_size}); {args.epochs} epochs x "
              f"{args.iterations} iterations ({args.epochs * args.iterations} iterations); no TTA. "
              f"Values: Dice, mean ± std over the seeds listed.", "",
-             "| trainer | seeds | train min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
+             "| trainer | seeds | training min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
              + " | **mean over 15 subsets** | T2 alone | FLAIR alone |",
              "|---|---|---|" + "---|" * (len(regions) + 3)]
     for t in trainers:
         per_seed = results[t]
-        minutes = [float(timing_file(work_dir, t, s).read_text()) / 60 for s in per_seed
-                   if timing_file(work_dir, t, s).is_file()]
+        minutes = [sum(json.loads(curves.read_text())["epoch_seconds"]) / 60 for s in per_seed
+                   if (curves := work_dir / "curves" / f"{t}_seed{s}.json").is_file()]
         cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
         cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
         cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
