@@ -276,6 +276,16 @@ def training_curves(checkpoint: Path) -> dict:
     return curves
 
 
+def ensure_curves(work_dir: Path, trainer: str, seed: int) -> Path:
+    """``curves/<trainer>_seed<seed>.json`` from the final checkpoint (written once)."""
+    curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
+    if not curves.is_file() or "epoch_seconds" not in json.loads(curves.read_text()):
+        curves.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(curves, json.dumps(training_curves(model_folder(work_dir, trainer, seed) /
+                                                             "checkpoint_final.pth")))
+    return curves
+
+
 def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> None:
     """Trains, stores the curves, and evaluates one (trainer, seed) unless already done."""
     folder = model_folder(work_dir, trainer, seed)
@@ -283,10 +293,7 @@ def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -
         print(f"[{time.strftime('%H:%M:%S')}] training {trainer}, seed {seed} ...", flush=True)
         seconds = train(work_dir, trainer, seed, args)
         print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
-    curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
-    if not curves.is_file():
-        curves.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(curves, json.dumps(training_curves(folder / "checkpoint_final.pth")))
+    ensure_curves(work_dir, trainer, seed)
     summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
     if not summary.is_file():
         print(f"[{time.strftime('%H:%M:%S')}] evaluating {trainer}, seed {seed} on 15 subsets ...", flush=True)
@@ -322,6 +329,7 @@ def collect(work_dir: Path, trainers: Sequence[str], seeds: Sequence[int]) -> di
             summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
             if summary.is_file():
                 results.setdefault(trainer, {})[seed] = json.loads(summary.read_text())
+                ensure_curves(work_dir, trainer, seed)
     return results
 
 
@@ -363,8 +371,7 @@ def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.N
              "|---|---|---|" + "---|" * (len(regions) + 3)]
     for t in trainers:
         per_seed = results[t]
-        minutes = [sum(json.loads(curves.read_text())["epoch_seconds"]) / 60 for s in per_seed
-                   if (curves := work_dir / "curves" / f"{t}_seed{s}.json").is_file()]
+        minutes = [sum(json.loads(ensure_curves(work_dir, t, s).read_text())["epoch_seconds"]) / 60 for s in per_seed]
         cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
         cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
         cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
