@@ -19,8 +19,9 @@ EXIT_USAGE_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class UserError(Exception):
-    """An error the user can fix; the message names the file or value."""
+class UserError(ValueError):
+    """An error the user can fix; the message names the file or value. A ValueError, so that callers
+    that report bad input by catching ValueError (e.g. per case) also report these in one line."""
     exit_code = EXIT_DATA_ERROR
 
 
