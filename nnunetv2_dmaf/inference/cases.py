@@ -7,8 +7,8 @@ problems that make a case unusable (channel index out of range, a truncated/corr
 non-finite voxels, an image of the wrong dimensionality for the model, shape/spacing/origin/direction
 differing between the case's files, a file that cannot be read as an image, a file with several
 channels) raise :class:`CaseInputError` naming the case and the file, so that a caller can report it
-and go on with the other cases. Files in the folder that belong to no case (no ``_XXXX`` suffix, a
-channel file with another image ending) are :class:`StrayFileError` s.
+and go on with the other cases. Files in the folder that belong to no case (no ``_XXXX`` suffix)
+are :class:`StrayFileError` s.
 """
 from __future__ import annotations
 
@@ -71,9 +71,10 @@ class LoadedCase:
 def discover_cases(folder: str | Path, file_ending: str) -> tuple[list[CaseFiles], list[CaseInputError]]:
     """Groups ``CASE_XXXX<file_ending>`` files of ``folder`` by case id (sorted).
 
-    Non-image files are ignored, as by nnU-Net. Returned as :class:`StrayFileError`: files with the
-    right ending but without a ``_XXXX`` channel suffix, and ``CASE_XXXX`` files with another image
-    ending (e.g. ``.nii`` for a ``.nii.gz`` model), which would otherwise silently count as missing.
+    Non-image and hidden files are ignored, as by nnU-Net. Errors: :class:`StrayFileError` for files
+    with the right ending but without a ``_XXXX`` channel suffix; :class:`CaseInputError` for a
+    ``CASE_XXXX`` file with another image ending (e.g. ``.nii`` for a ``.nii.gz`` model): its case is
+    left out of the returned cases (the channel would otherwise silently count as missing).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,10 +86,11 @@ def discover_cases(folder: str | Path, file_ending: str) -> tuple[list[CaseFiles
             continue  # hidden files (.DS_Store, editors' temporaries) and folders
         if not path.name.endswith(file_ending):
             other = image_file_ending(path.name)
-            if other and CASE_FILE_PATTERN.fullmatch(path.name[:-len(other)]):
-                errors.append(StrayFileError(path, path.name[:-len(other)],
-                                             f"file ending {other} but the model reads {file_ending} files; "
-                                             f"convert it (this channel would otherwise count as missing)"))
+            match = CASE_FILE_PATTERN.fullmatch(path.name[:-len(other)]) if other else None
+            if match is not None:
+                errors.append(CaseInputError(match["case"], path, f"file ending {other} but the model reads "
+                                                                  f"{file_ending} files; convert it (the channel "
+                                                                  f"would otherwise silently count as missing)"))
             continue
         stem = path.name[:-len(file_ending)]
         match = CASE_FILE_PATTERN.fullmatch(stem)
@@ -99,7 +101,8 @@ def discover_cases(folder: str | Path, file_ending: str) -> tuple[list[CaseFiles
             continue
         case = cases.setdefault(match["case"], CaseFiles(match["case"]))
         case.files[int(match["channel"])] = path
-    return [cases[k] for k in sorted(cases)], errors
+    failed = {e.case_id for e in errors if not isinstance(e, StrayFileError)}
+    return [cases[k] for k in sorted(cases) if k not in failed], errors
 
 
 def _first_line(error: BaseException) -> str:

@@ -60,15 +60,16 @@ def parse_folds(values: list[str] | None) -> list[int | str] | None:
     return folds
 
 
-def _dataset_name(dataset: str) -> str:
-    """nnU-Net's DatasetXXX_Name for -d (id or name); UsageError if no such dataset is found."""
+def dataset_name(dataset: str, option: str = "-d") -> str:
+    """nnU-Net's DatasetXXX_Name for a dataset id or name; UsageError naming ``option`` if none is found."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     try:
         return maybe_convert_to_dataset_name(dataset)
     except (RuntimeError, ValueError):  # nnU-Net's "could not find" / "not a name or id"
         if not dataset.startswith("Dataset") and not dataset.isdigit():
-            raise UsageError(f"-d {dataset}: not a dataset id (e.g. 990) or name (e.g. Dataset990_DMAFDemo)") from None
-        raise UsageError(f"-d {dataset}: no such dataset (or several with this id) in $nnUNet_raw, "
+            raise UsageError(f"{option} {dataset}: not a dataset id (e.g. 990) or name (e.g. Dataset990_DMAFDemo)"
+                             ) from None
+        raise UsageError(f"{option} {dataset}: no such dataset (or several with this id) in $nnUNet_raw, "
                          f"$nnUNet_preprocessed or $nnUNet_results") from None
 
 
@@ -82,7 +83,7 @@ def model_folder_from_args(args: argparse.Namespace) -> Path:
                              "or -m MODEL_FOLDER")
         if not os.environ.get("nnUNet_results"):
             raise UsageError("nnUNet_results is not set: set it, or pass the model folder with -m")
-        folder = Path(os.environ["nnUNet_results"]) / _dataset_name(str(args.d)) / f"{args.tr}__{args.p}__{args.c}"
+        folder = Path(os.environ["nnUNet_results"]) / dataset_name(str(args.d)) / f"{args.tr}__{args.p}__{args.c}"
     if not (folder / "plans.json").is_file() or not (folder / "dataset.json").is_file():
         raise UsageError(f"{folder} is not a trained nnU-Net model folder (plans.json/dataset.json missing; "
                          f"check -d/-c/-tr/-p or -m)")
