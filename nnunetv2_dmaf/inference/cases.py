@@ -114,7 +114,8 @@ def _geometry_mismatch(reference: dict, properties: dict) -> str | None:
     """Names the first geometry entry (spacing, origin, direction, affine...) that differs."""
     if not np.allclose(np.asarray(reference["spacing"], float), np.asarray(properties["spacing"], float),
                        rtol=0, atol=SPACING_TOLERANCE):
-        return f"spacing {tuple(properties['spacing'])} differs from {tuple(reference['spacing'])}"
+        return (f"spacing {tuple(float(v) for v in properties['spacing'])} differs from "
+                f"{tuple(float(v) for v in reference['spacing'])}")
     for key, ref_stuff in reference.items():  # reader specific, e.g. sitk_stuff, nibabel_stuff
         if not key.endswith("_stuff") or not isinstance(ref_stuff, dict):
             continue
