@@ -184,3 +184,40 @@ def test_run_main_one_line_errors_and_interrupts(tmp_path):
         out, err = process.communicate(timeout=60)
         assert process.returncode == 130 and "cleanup ran" in out
         assert err.count("\n") == 1 and word in err
+
+
+def test_demo_dataset_is_staged_and_its_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from nnunetv2_dmaf import demo_data
+
+    calls = []
+
+    def interrupted_write(array, path, spacing):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of writing the dataset
+
+    monkeypatch.setattr(demo_data, "_write", interrupted_write)
+    with pytest.raises(KeyboardInterrupt):
+        demo_data.generate_demo_dataset(tmp_path, 991, "Cut", num_training=2, num_test=0, shape=(8, 8, 8))
+    assert calls and list(tmp_path.iterdir()) == []  # neither a half-written dataset nor a staging folder
+    monkeypatch.undo()
+
+    with pytest.raises(SystemExit) as exit_info:
+        demo_data.main(["-o", str(tmp_path), "--num-test", "-1", "-n", "2", "--shape", "8", "8", "8"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.endswith("error: num_test must be >= 0, got -1\n")
+
+
+def test_make_availability_table_cli_errors_are_one_line(tmp_path, capsys):
+    from nnunetv2_dmaf.demo_data import generate_demo_dataset
+    from nnunetv2_dmaf.training.make_availability_table import main
+
+    folder = generate_demo_dataset(tmp_path / "raw", 991, "Tab", num_training=2, num_test=0, shape=(8, 8, 8))
+    for argv, code, message in (
+            (["-r", "T1:2"], 2, "-r T1:2: missing rate for 'T1' must be in [0, 1], got 2.0"),
+            (["-r", "T1:0.5", "-o", str(tmp_path / "no" / "t.csv")], 2,
+             f"-o {tmp_path / 'no' / 't.csv'}: the folder {tmp_path / 'no'} does not exist")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["-d", str(folder), *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == code and err.endswith(f"error: {message}\n") and err.count("\n") == 1
