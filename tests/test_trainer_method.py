@@ -85,8 +85,8 @@ def test_table_drives_training_and_validation_inputs_of_every_trainer(trainer_fa
     trainer.initialize()
     train_loader, val_loader = trainer.get_dataloaders()
     extra_drops = 0
-    for loader in (train_loader, val_loader):
-        for _ in range(3):
+    for loader, batches in ((train_loader, 8), (val_loader, 3)):
+        for _ in range(batches):
             batch = next(loader)
             for j, key in enumerate(batch["keys"]):
                 row = torch.from_numpy(table[key])
