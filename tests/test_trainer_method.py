@@ -158,13 +158,17 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
         assert not torch.allclose(without[name]["encoder"], full["encoder"]), name
 
 
-def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
+def _trainer_batch_and_weights(trainer_factory):
+    """An initialised tiny DMAF trainer, one training batch and a copy of the network's weights."""
     trainer = trainer_factory()
     trainer.initialize()
     train_loader, _ = trainer.get_dataloaders()
-    batch = next(train_loader)
     net = trainer.dmaf_network
-    state = {k: v.clone() for k, v in net.state_dict().items()}
+    return trainer, next(train_loader), net, {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
+    trainer, batch, net, state = _trainer_batch_and_weights(trainer_factory)
     grads = []
     for scales in ([1.0, 1.0, 1.0, 1.0], [1.0, 0.5, 1.0, 1.0]):
         net.load_state_dict(state)
@@ -208,12 +212,7 @@ class _RecordingScaler:
 
 
 def test_grad_scaler_path_unscales_before_dtm_scaling(trainer_factory):
-    trainer = trainer_factory()
-    trainer.initialize()
-    train_loader, _ = trainer.get_dataloaders()
-    batch = next(train_loader)
-    net = trainer.dmaf_network
-    state = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer, batch, net, state = _trainer_batch_and_weights(trainer_factory)
     trainer.dtm.grad_scales = np.array([1.0, 0.5, 1.0, 1.0])
     torch.manual_seed(0)
     trainer.train_step(batch)
