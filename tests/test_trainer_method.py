@@ -122,6 +122,7 @@ def _loss_gradients(trainer, batch, **weights) -> dict[str, torch.Tensor]:
         loss.backward()
         return {"encoder": torch.cat([p.grad.flatten() for p in net.encoders.parameters() if p.grad is not None]),
                 "unimodal_decoder": net.unimodal_decoder.seg_layers[-1].weight.grad.clone(),
+                "fusion_decoder": net.decoder.seg_layers[-1].weight.grad.clone(),
                 "cca": net.cca_projection.weight.grad.clone(),
                 "maa": net.attention_alignment.attention.in_proj_weight.grad.clone(),
                 "terms": terms}
@@ -152,6 +153,7 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
     without = {name: _loss_gradients(trainer, batch, **{name: 0.0}) for name in ("unimodal", *LOSS_NAMES)}
     assert not torch.allclose(without["unimodal"]["encoder"], full["encoder"])
     assert without["unimodal"]["unimodal_decoder"].abs().sum() == 0 < full["unimodal_decoder"].abs().sum()
+    assert full["fusion_decoder"].abs().sum() > 0  # only the fused segmentation loss reaches the fusion decoder
     assert without["relation_covariance"]["cca"].abs().sum() == 0 < full["cca"].abs().sum()
     assert without["relation_attention"]["maa"].abs().sum() == 0 < full["maa"].abs().sum()
     for name in LOSS_NAMES:
