@@ -33,8 +33,8 @@ setup(
     py_modules=["nnunetv2_dmaf_register"],
     cmdclass={"build_py": BuildPyWithPth},
     install_requires=[
-        "torch==2.14.1",
-        "torchvision==0.29.1",
+        "torch>=2.1.2,!=2.9.*",  # nnU-Net 2.8's own range; exact CI versions: constraints-cpu.txt
+        "torchvision",  # not imported by the plugin, but nnU-Net's lookup of -tr trainers imports modules that need it
         "nnunetv2>=2.8,<2.9",
         "dynamic-network-architectures>=0.4",
         "batchgeneratorsv2>=0.3",

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 PARTIAL_MARKER = ".partial-"
 
@@ -48,6 +48,36 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output_set(truncated: str | os.PathLike, endings: Sequence[str],
+                      tmp: str | os.PathLike | None = None) -> Iterator[Path]:
+    """For writers that derive several files from one name without ending (nnU-Net's export writes
+    ``ofile + '.npz'``, ``ofile + '.pkl'``, ``ofile + file_ending``): yields a temporary name without
+    ending; on success every ``tmp + ending`` replaces ``truncated + ending`` in the order of
+    ``endings`` (put the file whose presence marks completion last); on failure all are deleted.
+    ``tmp`` (from :func:`temporary_truncated_name`) lets a parent process that hands the work to
+    another process know the names, to delete them should that process be killed."""
+    final = Path(truncated)
+    tmp = Path(tmp) if tmp is not None else temporary_truncated_name(final)
+    try:
+        yield tmp
+        for ending in endings:
+            os.replace(f"{tmp}{ending}", f"{final}{ending}")
+    finally:
+        remove_temporary_set(tmp, endings)
+
+
+def temporary_truncated_name(final: Path) -> Path:
+    """A fresh temporary name (without ending) next to ``final``, recognised by :func:`is_partial`."""
+    return final.parent / f".{final.name}{PARTIAL_MARKER}{uuid.uuid4().hex[:8]}"
+
+
+def remove_temporary_set(tmp: str | os.PathLike, endings: Sequence[str]) -> None:
+    """Deletes ``tmp + ending`` for every ending (missing files are fine)."""
+    for ending in endings:
+        Path(f"{tmp}{ending}").unlink(missing_ok=True)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:

@@ -7,25 +7,31 @@ case (nnU-Net case identifier) with 1 (available) or 0 (missing) per modality, e
     BraTS20_Training_002,1,1,0,1
 
 Columns are matched to channels BY NAME (case-insensitive), never by position. Every case needs at
-least one available modality; case ids are unique.
+least one available modality; case ids are unique. The file may be UTF-8 (with or without BOM),
+UTF-16/32 with BOM or Latin-1/Windows-1252 (:mod:`nnunetv2_dmaf.csv_input`); other encodings are
+refused naming the file. Rows for cases the dataset does not have: :func:`unknown_case_rows`.
 """
 from __future__ import annotations
 
 import csv
 import io
 import os
-import uuid
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from nnunetv2_dmaf.atomic_files import write_text_atomic
+from nnunetv2_dmaf.csv_input import read_csv_rows
+from nnunetv2_dmaf.user_errors import DataError
 
 AVAILABILITY_FILENAME = "modality_availability.csv"
 CASE_ID_COLUMN = "case_id"
 
 
-class AvailabilityTableError(ValueError):
-    """Malformed availability table (the message names the file and line)."""
+class AvailabilityTableError(DataError):
+    """Malformed availability table (the message names the file and line); a DataError (exit status
+    1 with :func:`nnunetv2_dmaf.user_errors.run_main`) and thus a ValueError."""
 
 
 def availability_table_path(raw_dataset_folder: str | os.PathLike) -> Path:
@@ -49,14 +55,16 @@ def read_availability_table(path: str | os.PathLike, channel_names: Sequence[str
 
     Raises AvailabilityTableError for: no ``case_id`` column, a column that is no channel or a channel
     without a column, duplicate columns or cases, values other than 0/1, a row with every modality 0,
-    an empty table. FileNotFoundError if ``path`` does not exist.
+    an empty table, an undecodable file. FileNotFoundError if ``path`` does not exist.
     """
     path = Path(path)
     keys = _channel_keys(channel_names)
     if not path.is_file():
         raise FileNotFoundError(f"availability table not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1) if any(c.strip() for c in row)]
+    try:
+        rows = read_csv_rows(path)
+    except DataError as e:
+        raise AvailabilityTableError(str(e)) from None
     if not rows:
         raise AvailabilityTableError(f"{path}: empty file, expected header {CASE_ID_COLUMN},{','.join(channel_names)}")
     header = [c.strip().lower() for c in rows[0][1]]
@@ -120,10 +128,19 @@ def write_availability_table(path: str | os.PathLike, table: Mapping[str, Sequen
         if not mask.any():
             raise AvailabilityTableError(f"case {case_id!r} has no available modality")
         writer.writerow([case_id, *(int(bool(v)) for v in mask)])
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        tmp.write_text(buffer.getvalue(), encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return write_text_atomic(path, buffer.getvalue())
+    except OSError as e:
+        raise AvailabilityTableError(f"{path}: cannot be written ({e.strerror})") from None
+
+
+def unknown_case_rows(path: str | os.PathLike, table: Mapping[str, object], case_ids: Iterable[str],
+                      shown: int = 5) -> str | None:
+    """One line naming the table's rows for cases that are not in ``case_ids`` (the dataset's case
+    identifiers, e.g. training cases), or None if every row is a known case. Such rows usually mean
+    a table for another dataset or renamed cases; callers decide whether to warn or refuse."""
+    unknown = sorted(set(table) - set(case_ids))
+    if not unknown:
+        return None
+    listed = ", ".join(unknown[:shown]) + (f", ... ({len(unknown) - shown} more)" if len(unknown) > shown else "")
+    return (f"{path}: {len(unknown)} of {len(table)} row(s) name cases that are not in the dataset: {listed}")

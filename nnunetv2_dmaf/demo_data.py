@@ -24,9 +24,13 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
+
+from nnunetv2_dmaf.atomic_files import PARTIAL_MARKER, atomic_output, partial_outputs
+from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
 #: mean intensity of [brain, edema, necrosis, enhancing] per channel
@@ -95,17 +99,35 @@ def generate_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEFAULT
                           overwrite: bool = False) -> Path:
     """Writes ``raw_root/DatasetXXX_Name`` with imagesTr/labelsTr/imagesTs/labelsTs and dataset.json.
 
-    Returns the dataset folder. Refuses to touch an existing folder unless ``overwrite``.
+    Returns the dataset folder. Refuses to touch an existing folder unless ``overwrite``. The dataset
+    is written to a hidden temporary folder next to it and renamed when complete, so an interrupted
+    run leaves no half-written dataset (and an existing one untouched).
     """
     if num_training < 2:
         raise ValueError(f"num_training must be >= 2 (nnU-Net needs a train/val split), got {num_training}")
+    if num_test < 0:
+        raise ValueError(f"num_test must be >= 0, got {num_test}")
     if min(shape) < 8:
         raise ValueError(f"shape must be at least 8 voxels per axis, got {shape}")
+    if not 0 <= dataset_id <= 999:
+        raise ValueError(f"dataset id must be in 0..999 (nnU-Net's DatasetXXX), got {dataset_id}")
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{dataset_name}"
-    if folder.exists():
-        if not overwrite:
-            raise FileExistsError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
-        shutil.rmtree(folder)
+    if folder.exists() and not overwrite:
+        raise FileExistsError(f"{folder} already exists; pass overwrite=True (--overwrite) to replace it")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in partial_outputs(folder.parent):  # of this dataset only: others may be another tool's
+        if leftover.name.startswith(f".{folder.name}{PARTIAL_MARKER}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            print(f"Removed {leftover}, left by an interrupted earlier run")
+    with atomic_output(folder) as staging:
+        _write_dataset(staging, dataset_name, num_training, num_test, shape, spacing, seed)
+        if folder.exists():
+            shutil.rmtree(folder)
+    return folder
+
+
+def _write_dataset(folder: Path, dataset_name: str, num_training: int, num_test: int, shape: tuple[int, int, int],
+                   spacing: tuple[float, float, float], seed: int) -> None:
     rng = np.random.default_rng(seed)
     for split, count, offset in (("Tr", num_training, 0), ("Ts", num_test, num_training)):
         (folder / f"images{split}").mkdir(parents=True, exist_ok=True)
@@ -127,11 +149,11 @@ def generate_demo_dataset(raw_root: str | os.PathLike, dataset_id: int = DEFAULT
                        "enhancing tumour; T2/FLAIR show the whole tumour).",
     }
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return folder
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write a small synthetic BraTS-like 4-modality dataset "
+def make_demo_dataset(argv: Sequence[str] | None = None) -> None:
+    """The command's work; user errors raise UsageError/DataError."""
+    parser = argparse.ArgumentParser(prog="nnUNetv2_dmaf_make_demo_dataset", description="Write a small synthetic BraTS-like 4-modality dataset "
                                                  "(T1, T1ce, T2, FLAIR) in nnU-Net raw format.")
     parser.add_argument("-d", "--dataset-id", type=int, default=DEFAULT_DATASET_ID)
     parser.add_argument("--name", default=DEFAULT_DATASET_NAME, help="dataset name (default %(default)s)")
@@ -145,13 +167,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     root = args.output_root or os.environ.get("nnUNet_raw")
     if not root:
-        parser.error("no output folder: set nnUNet_raw or pass --output-root")
+        raise UsageError("no output folder: set nnUNet_raw or pass --output-root")
+    if Path(root).exists() and not Path(root).is_dir():
+        raise UsageError(f"--output-root {root}: exists and is not a folder")
     try:
         folder = generate_demo_dataset(root, args.dataset_id, args.name, args.num_training, args.num_test,
                                        tuple(args.shape), seed=args.seed, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as e:
-        parser.exit(1, f"error: {e}\n")
+    except FileExistsError as e:
+        raise DataError(str(e).replace("overwrite=True (--overwrite)", "--overwrite")) from None
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise DataError(f"cannot write the dataset under {root}: {e.strerror} ({e.filename})") from None
     print(f"Wrote {folder}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``nnUNetv2_dmaf_make_demo_dataset``."""
+    run_main(make_demo_dataset, argv)
 
 
 if __name__ == "__main__":

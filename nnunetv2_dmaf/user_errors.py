@@ -19,8 +19,9 @@ EXIT_USAGE_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-class UserError(Exception):
-    """An error the user can fix; the message names the file or value."""
+class UserError(ValueError):
+    """An error the user can fix; the message names the file or value. A ValueError, so that callers
+    that report bad input by catching ValueError (e.g. per case) also report these in one line."""
     exit_code = EXIT_DATA_ERROR
 
 
@@ -54,9 +55,10 @@ def command_name(argv0: str | None = None) -> str:
     return os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else "nnunetv2_dmaf"))
 
 
-def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> NoReturn:
-    """Runs ``main(argv)`` and exits: its return value (None = 0), or 1/2 with one line for a
-    :class:`UserError`, 130 with one line for Ctrl-C / SIGTERM."""
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Runs ``main(argv)``: returns if it returned None or 0 (the console script then exits 0, and
+    Python callers such as tests go on); otherwise exits with its status, with 1/2 and one line for a
+    :class:`UserError`, with 130 and one line for Ctrl-C / SIGTERM."""
     install_sigterm_handler()
     name = command_name()
     try:
@@ -68,4 +70,5 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
         print(f"{name}: {what}; temporary outputs were removed", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
-    sys.exit(0 if status is None else int(status))
+    if status:
+        sys.exit(int(status))

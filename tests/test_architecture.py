@@ -133,9 +133,13 @@ def test_fusion_attention_maps_are_softmax_over_present_modalities():
     mask = torch.tensor([[True, False, True], [False, False, True]])
     with torch.no_grad():
         fused, maps = fusion(feats, mask)
-    assert fused.shape == (2, 8, 6, 6, 6) and maps.shape == (2, 3, 8, 2, 2, 2)
+    assert fused.shape == (2, 8, 6, 6, 6) and maps.shape == (2, 3, 1, 2, 2, 2)
     assert torch.all(maps[0, 1] == 0) and torch.all(maps[1, :2] == 0)
-    torch.testing.assert_close(maps.sum(1), torch.ones(2, 8, 2, 2, 2))
+    torch.testing.assert_close(maps.sum(1), torch.ones(2, 1, 2, 2, 2))
+    per_channel = DMAFFusion(3, 8, nn.Conv3d, num_layers=1, token_grid=2, map_channels=8).eval()
+    with torch.no_grad():
+        _, channel_maps = per_channel(feats, mask)
+    assert channel_maps.shape == (2, 3, 8, 2, 2, 2) and channel_maps[0, 0].std(0).max() > 0
     torch.testing.assert_close(fused[1], feats[1, 2])  # a single present modality is passed through
     assert maps[0, 0].std() > 0  # position/channel dependent, not a constant
 
@@ -227,7 +231,7 @@ def test_build_from_plans_plain_and_residual():
     req = ["conv_op", "norm_op", "dropout_op", "nonlin"]
     net = build_dmaf_net_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet",
                                     plain, req, 4, 2, deep_supervision=False)
-    assert len(net.encoders) == 4 and net.modality_features_per_stage == [8, 16, 32]
+    assert len(net.encoders) == 4 and net.modality_features_per_stage == [8, 8, 16]  # 1/M, at least 8
     # the decoder has the plans' widths, as nnU-Net's own U-Net
     assert net.decoder.seg_layers[-1].in_channels == 16
     with torch.no_grad():

@@ -30,7 +30,8 @@ def test_training_produces_nnunet_outputs(demo_model):
     checkpoint = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
     assert any(k.startswith("encoders.3.") for k in checkpoint["network_weights"])
-    assert any(k.startswith("fusions.0.attention") for k in checkpoint["network_weights"])
+    assert any(k.startswith("fusions.0.layers.3.self_attn") for k in checkpoint["network_weights"])
+    assert any(k.startswith("unimodal_decoder.") for k in checkpoint["network_weights"])
 
 
 def test_nnunet_predict_with_dmaf_trainer(demo_model, tmp_path):

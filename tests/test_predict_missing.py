@@ -4,7 +4,9 @@ Uses the trained ``demo_model`` (conftest); every test writes under its own ``tm
 """
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +128,24 @@ def test_bad_inputs_are_reported_by_case_and_file_and_other_cases_still_predicte
     # a file that is not an image
     copy_case(source, PARTIAL, folder, "NotAnImage_005", channels=[0, 2, 3])
     (folder / "NotAnImage_005_0001.nii.gz").write_bytes(b"this is not a NIfTI file\x00\x01\x02" * 10)
-    # a file without the _XXXX channel suffix
-    shutil.copy(source / f"{PARTIAL}_0000.nii.gz", folder / "NoChannelSuffix.nii.gz")
+    # a channel cut to half its bytes (SimpleITK would read the lost half as zeros)
+    copy_case(source, PARTIAL, folder, "Truncated_006")
+    data = (folder / "Truncated_006_0001.nii.gz").read_bytes()
+    (folder / "Truncated_006_0001.nii.gz").write_bytes(data[:len(data) // 2])
+    # a 2D image for the 3D model
+    for c in range(4):
+        array = read(source / f"{PARTIAL}_{c:04d}.nii.gz")[0][16]
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / f"Slice2D_007_{c:04d}.nii.gz"), True)
+    # NaN voxels (SimpleITK reads them as 0)
+    copy_case(source, PARTIAL, folder, "NaN_008", channels=[0, 1, 2])
+    flair = read(source / f"{PARTIAL}_0003.nii.gz")[0]
+    flair[5:9, 5:9, 5:9] = np.nan
+    write_like(source / f"{PARTIAL}_0003.nii.gz", flair, folder / "NaN_008_0003.nii.gz")
+    # a channel file with another image ending (would silently count as missing)
+    copy_case(source, PARTIAL, folder, "WrongEnding_009", channels=[0, 1, 2])
+    sitk.WriteImage(sitk.ReadImage(str(source / f"{PARTIAL}_0003.nii.gz")), str(folder / "WrongEnding_009_0003.nii"))
+    # a file without the _XXXX channel suffix, named like a case (e.g. an earlier output)
+    shutil.copy(source / f"{PARTIAL}_0000.nii.gz", folder / f"{FULL}.nii.gz")
 
     result = dmaf_predict(demo_model, folder, tmp_path / "out", "-nps", "0", check=False)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -137,15 +155,23 @@ def test_bad_inputs_are_reported_by_case_and_file_and_other_cases_still_predicte
         "ShapeMismatch_002": ("ShapeMismatch_002_0002.nii.gz", "shape"),
         "SpacingMismatch_003": ("SpacingMismatch_003_0003.nii.gz", "spacing"),
         "OriginMismatch_004": ("OriginMismatch_004_0000.nii.gz", "origin"),
-        "NotAnImage_005": ("NotAnImage_005_0001.nii.gz", "could not be read as an image"),
-        "NoChannelSuffix": ("NoChannelSuffix.nii.gz", "CASE_XXXX"),
+        "NotAnImage_005": ("NotAnImage_005_0001.nii.gz", "corrupt or truncated gzip data"),
+        "Truncated_006": ("Truncated_006_0001.nii.gz", "corrupt or truncated gzip data"),
+        "Slice2D_007": ("Slice2D_007_0000.nii.gz", "2D image (shape (1, 32, 32)) but the model (3D configuration "
+                                                   "3d_fullres, trained on 3D images) needs 3D images"),
+        "NaN_008": ("NaN_008_0003.nii.gz", "voxel(s) are NaN or infinite"),
+        "WrongEnding_009": ("WrongEnding_009_0003.nii", "file ending .nii but the model reads .nii.gz files"),
     }
     for case, (file_name, reason) in expectations.items():
         lines = [line for line in errors.splitlines() if line.startswith("ERROR") and f"case '{case}'" in line]
         assert lines, f"no error line for {case}:\n{errors}"
         assert file_name in lines[0] and reason in lines[0], lines[0]
         assert not (tmp_path / "out" / f"{case}.nii.gz").exists()
-    assert "6 case(s) failed" in errors
+    assert "Traceback" not in errors
+    assert f"9 case(s) failed" in errors
+    # the stray file is reported as an ignored file, not as a failure of the case FULL that was predicted
+    assert f"IGNORED file {folder / FULL}.nii.gz: not a channel file" in errors
+    assert f"case '{FULL}'" not in errors
     assert (tmp_path / "out" / f"{FULL}.nii.gz").is_file()
     assert f"predicted {FULL}" in result.stdout
 
@@ -177,12 +203,71 @@ def test_existing_output_is_not_overwritten_unless_asked(demo_model, tmp_path):
 
 def test_usage_errors(demo_model, tmp_path):
     copy_case(images_ts(demo_model), FULL, tmp_path / "in")
-    result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", "--missing", "T3", check=False)
-    assert result.returncode == 2 and "unknown channel 'T3'" in result.stderr and "1=T1ce" in result.stderr
-    result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", "--missing", "T1", "T1ce", "T2", "FLAIR",
-                          check=False)
-    assert result.returncode == 2 and "every channel" in result.stderr
+    (tmp_path / "a_file").write_text("x")
+    cases = {("--missing", "T3"): "--missing: unknown channel 'T3'; valid channels (index=name): 0=T1, 1=T1ce",
+             ("--missing", "T1", "T1ce", "T2", "FLAIR"): "--missing declares every channel missing",
+             ("-d", "999"): "-d 999: no such dataset",
+             ("-step_size", "0"): "-step_size 0: must be in (0, 1]",
+             ("-f", "x"): "-f x: folds are non-negative integers or 'all'",
+             ("-npp", "0"): "-npp 0: must be at least 1"}
+    for extra, message in cases.items():
+        result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", *extra, check=False)
+        assert result.returncode == 2 and result.stderr == f"nnUNetv2_dmaf_predict: error: {message}" + \
+            result.stderr.split(message, 1)[1], (extra, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+    result = demo_model.run("nnUNetv2_dmaf_predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "a_file"),
+                            *COMMON, check=False)
+    assert result.returncode == 2 and result.stderr.endswith(f"-o {tmp_path / 'a_file'}: exists and is not a folder\n")
     assert not (tmp_path / "out").exists()
+
+
+def test_continue_prediction_repairs_incomplete_outputs_and_keeps_settings_consistent(demo_model, tmp_path):
+    source, folder, out = images_ts(demo_model), tmp_path / "in", tmp_path / "out"
+    copy_case(source, FULL, folder)
+    copy_case(source, PARTIAL, folder)
+    dmaf_predict(demo_model, folder, out, "-nps", "0")
+    good = (out / f"{PARTIAL}.nii.gz").read_bytes()
+    data = (out / f"{FULL}.nii.gz").read_bytes()
+    (out / f"{FULL}.nii.gz").write_bytes(data[:len(data) // 2])  # e.g. written by a killed nnUNetv2_predict
+    (out / f".{FULL}.partial-0badf00d.nii.gz").write_bytes(b"left by a killed run")
+
+    result = dmaf_predict(demo_model, folder, out, "-nps", "1", "--continue_prediction")
+    assert f"{FULL}: predicting again, the existing output {FULL}.nii.gz is incomplete" in result.stdout
+    assert f"Removed 1 leftover temporary file(s) of an interrupted earlier run in {out}" in result.stdout
+    assert f"skipped   {PARTIAL}" in result.stdout and f"predicted {FULL}" in result.stdout
+    assert (out / f"{FULL}.nii.gz").read_bytes() == data and (out / f"{PARTIAL}.nii.gz").read_bytes() == good
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []
+    record = json.loads((out / "dmaf_predict_args.json").read_text())
+    assert record["cases"] == {FULL: {"missing": []}, PARTIAL: {"missing": []}}
+
+    # other settings into a folder with outputs: refused, nothing changed
+    refused = dmaf_predict(demo_model, folder, out, "--continue_prediction", "--missing", "T1ce", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "holds predictions made with other settings (declared_missing: [] before, ['T1ce'] now)" in refused.stderr
+    assert json.loads((out / "dmaf_predict_args.json").read_text()) == record
+
+
+def test_sigterm_leaves_only_complete_outputs(demo_model, tmp_path):
+    source, folder, out = images_ts(demo_model), tmp_path / "in", tmp_path / "out"
+    for i in range(8):
+        copy_case(source, FULL, folder, f"Case_{i:03d}")
+    process = subprocess.Popen(["nnUNetv2_dmaf_predict", "-i", str(folder), "-o", str(out), *COMMON, "-nps", "1"],
+                               env=demo_model.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # stop it once the first case is being predicted
+        if line.startswith("Case_000: present"):
+            process.send_signal(signal.SIGTERM)
+            break
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stdout + stderr
+    assert stderr.splitlines()[-1] == "nnUNetv2_dmaf_predict: terminated (SIGTERM); temporary outputs were removed"
+    assert "Traceback" not in stderr
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    written = sorted(p.name[:-len(".nii.gz")] for p in out.glob("*.nii.gz"))
+    assert len(written) < 8
+    for name in written:
+        assert read(out / f"{name}.nii.gz")[0].shape == (32, 32, 32)
+    record = json.loads((out / "dmaf_predict_args.json").read_text())
+    assert sorted(record["cases"]) == written  # the record lists exactly the finished cases
 
 
 def test_inference_cost_benchmark_runs_and_skips_encoders(demo_model):

@@ -85,8 +85,8 @@ def test_table_drives_training_and_validation_inputs_of_every_trainer(trainer_fa
     trainer.initialize()
     train_loader, val_loader = trainer.get_dataloaders()
     extra_drops = 0
-    for loader in (train_loader, val_loader):
-        for _ in range(3):
+    for loader, batches in ((train_loader, 8), (val_loader, 3)):
+        for _ in range(batches):
             batch = next(loader)
             for j, key in enumerate(batch["keys"]):
                 row = torch.from_numpy(table[key])
@@ -122,6 +122,7 @@ def _loss_gradients(trainer, batch, **weights) -> dict[str, torch.Tensor]:
         loss.backward()
         return {"encoder": torch.cat([p.grad.flatten() for p in net.encoders.parameters() if p.grad is not None]),
                 "unimodal_decoder": net.unimodal_decoder.seg_layers[-1].weight.grad.clone(),
+                "fusion_decoder": net.decoder.seg_layers[-1].weight.grad.clone(),
                 "cca": net.cca_projection.weight.grad.clone(),
                 "maa": net.attention_alignment.attention.in_proj_weight.grad.clone(),
                 "terms": terms}
@@ -152,19 +153,24 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
     without = {name: _loss_gradients(trainer, batch, **{name: 0.0}) for name in ("unimodal", *LOSS_NAMES)}
     assert not torch.allclose(without["unimodal"]["encoder"], full["encoder"])
     assert without["unimodal"]["unimodal_decoder"].abs().sum() == 0 < full["unimodal_decoder"].abs().sum()
+    assert full["fusion_decoder"].abs().sum() > 0  # only the fused segmentation loss reaches the fusion decoder
     assert without["relation_covariance"]["cca"].abs().sum() == 0 < full["cca"].abs().sum()
     assert without["relation_attention"]["maa"].abs().sum() == 0 < full["maa"].abs().sum()
     for name in LOSS_NAMES:
         assert not torch.allclose(without[name]["encoder"], full["encoder"]), name
 
 
-def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
+def _trainer_batch_and_weights(trainer_factory):
+    """An initialised tiny DMAF trainer, one training batch and a copy of the network's weights."""
     trainer = trainer_factory()
     trainer.initialize()
     train_loader, _ = trainer.get_dataloaders()
-    batch = next(train_loader)
     net = trainer.dmaf_network
-    state = {k: v.clone() for k, v in net.state_dict().items()}
+    return trainer, next(train_loader), net, {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
+    trainer, batch, net, state = _trainer_batch_and_weights(trainer_factory)
     grads = []
     for scales in ([1.0, 1.0, 1.0, 1.0], [1.0, 0.5, 1.0, 1.0]):
         net.load_state_dict(state)
@@ -208,12 +214,7 @@ class _RecordingScaler:
 
 
 def test_grad_scaler_path_unscales_before_dtm_scaling(trainer_factory):
-    trainer = trainer_factory()
-    trainer.initialize()
-    train_loader, _ = trainer.get_dataloaders()
-    batch = next(train_loader)
-    net = trainer.dmaf_network
-    state = {k: v.clone() for k, v in net.state_dict().items()}
+    trainer, batch, net, state = _trainer_batch_and_weights(trainer_factory)
     trainer.dtm.grad_scales = np.array([1.0, 0.5, 1.0, 1.0])
     torch.manual_seed(0)
     trainer.train_step(batch)

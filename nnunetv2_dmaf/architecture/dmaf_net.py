@@ -61,7 +61,7 @@ class DMAFFeatures:
 
     modality_features: per level l, e^m_l stacked [B, M, C_l, *S_l] (zeros where missing).
     fused_features: per level, f_l [B, C_l, *S_l] (the DMAF output before the 1x1 projection).
-    attention_maps: per level, Att_map [B, M, C_l, *grid_l].
+    attention_maps: per level, Att_map [B, M, 1 (or C_l), *grid_l].
     modality_mask: bool [B, M] (CPU). pair_index: long [P, 2] (sample, modality) of the present pairs,
         on the device; pair_index_host: the same on the CPU.
     unimodal_logits: shared decoder outputs for the pairs, [P, K, *S] per deep-supervision scale
@@ -85,8 +85,10 @@ class DMAFFeatures:
 
 
 def default_modality_width_factor(num_modalities: int) -> float:
-    """1/sqrt(M): M encoders of this width cost about as much compute as one full-width encoder."""
-    return 1.0 / math.sqrt(num_modalities)
+    """1/M: the M encoders together hold about as many activations as one plans-width encoder (and
+    1/M of its FLOPs), which leaves room in the training budget for the shared uni-modal decoder that
+    runs once per present modality. Per-modality encoders of RFNet/PASSION are similarly narrow."""
+    return 1.0 / num_modalities
 
 
 def infer_modality_mask(x: torch.Tensor) -> torch.Tensor:
@@ -102,12 +104,13 @@ class DMAFNet(nn.Module):
 
     Args (beyond nnU-Net's):
         modality_width_factor: encoder width of each modality relative to the plans' features_per_stage
-            (default 1/sqrt(M), so the M encoders together cost about one plans-width encoder). The
+            (default 1/M, at least 8 channels; see :func:`default_modality_width_factor`). The
             shared uni-modal decoder and the DMAF fusion work at this width; the fused features are
             projected (1x1 conv, norm, nonlinearity) to the plans' widths for the fusion decoder.
         fusion_mode: "attention" (DMAF) or "mean" (ablation, see :class:`DMAFFusion`).
         fusion_num_layers, fusion_num_heads, fusion_token_grid, fusion_token_dim, fusion_mlp_ratio:
             see :class:`DMAFFusion` (defaults 4 layers, 4 heads, <= 4 cells per axis).
+        fusion_per_channel_maps: one attention map per channel instead of one spatial map per modality.
         unimodal_decoder: build the shared uni-modal decoder (False: ablation).
         distillation_level: level L of the relation/prototype distillation (-1: bottleneck).
         distillation_grid: at most this many token cells per axis at level L (MAA / prototypes).
@@ -128,7 +131,7 @@ class DMAFNet(nn.Module):
                  encoder_type: str = "plain", modality_width_factor: float | None = None,
                  fusion_mode: str = "attention", fusion_num_layers: int = 4, fusion_num_heads: int = 4,
                  fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
-                 unimodal_decoder: bool = True, distillation_level: int = -1, distillation_grid: int = 8,
+                 fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True, distillation_level: int = -1, distillation_grid: int = 8,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -175,7 +178,7 @@ class DMAFNet(nn.Module):
 
         self.fusions = nn.ModuleList([
             DMAFFusion(input_channels, c, conv_op, fusion_num_layers, fusion_num_heads, fusion_token_grid,
-                       fusion_token_dim, fusion_mlp_ratio, fusion_mode)
+                       fusion_token_dim, fusion_mlp_ratio, c if fusion_per_channel_maps else 1, fusion_mode)
             for c in self.modality_features_per_stage])
         self.fusion_projections = nn.ModuleList([
             ConvDropoutNormReLU(conv_op, c_mod, c_out, 1, 1, conv_bias, norm_op, norm_op_kwargs, None, None,
@@ -256,7 +259,7 @@ class DMAFNet(nn.Module):
 
     def fuse(self, modality_features: list[torch.Tensor], mask: torch.Tensor
              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """DMAF at every level: (f_l [B, C_l, *S_l], Att_map [B, M, C_l, *grid]) per level."""
+        """DMAF at every level: (f_l [B, C_l, *S_l], Att_map [B, M, 1 or C_l, *grid]) per level."""
         fused, maps = [], []
         for fusion, feats in zip(self.fusions, modality_features):
             f, a = fusion(feats, mask)

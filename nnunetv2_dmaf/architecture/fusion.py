@@ -9,15 +9,18 @@ At one encoder level every modality m contributes a feature map ``e^m`` [B, C, *
 2. **Masked multi-head attention**: ``num_layers`` (default 4) pre-norm transformer layers over the
    M*T tokens of all modalities; the key padding mask removes every token of a missing modality
    (they are never attended to, and their own outputs are discarded);
-3. **Restore**: a linear map D -> C gives per-modality logits at the token grid; a softmax over the
-   PRESENT modalities (per channel and cell; missing modalities get exactly 0) gives
-   ``Att_map_m`` [B, C, *grid], which is interpolated (trilinear/bilinear) to the feature resolution;
+3. **Restore**: a linear map D -> ``map_channels`` (default 1: one spatial map per modality; C: one
+   map per channel) gives per-modality logits at the token grid; a softmax over the PRESENT
+   modalities (per map channel and cell; missing modalities get exactly 0) gives ``Att_map_m``
+   [B, map_channels, *grid], which is interpolated (trilinear/bilinear) to the feature resolution;
    interpolation keeps the maps summing to 1 over the present modalities;
 4. **Fuse**: ``f = sum over present m of e^m * Att_map_m`` (element-wise product, element-wise sum).
 
 Choices the figure leaves open (documented in docs/training_method.md): pooled token grid, softmax
-across modalities (so f is a per-channel convex combination whose scale does not depend on how many
-modalities are present), sinusoidal positions (no parameters tied to the patch size).
+across modalities (so f is a convex combination whose scale does not depend on how many modalities
+are present), sinusoidal positions (no parameters tied to the patch size), spatial maps (one channel:
+interpolating and storing per-channel maps at full resolution cost about three U-Net convolutions at
+the first level in training on CPU; ``map_channels=C`` restores them).
 ``mode="mean"`` replaces the attention maps by 1/|present| (the "plain mean" ablation).
 Nothing of a missing modality reaches ``f``, whatever its feature content.
 """
@@ -63,17 +66,20 @@ class DMAFFusion(nn.Module):
         token_grid: at most this many token cells per spatial axis (T <= token_grid ** dims).
         token_dim: D, token width (default: C, capped at 128).
         mlp_ratio: hidden width of each layer's MLP relative to D.
+        map_channels: channels of each attention map: 1 (spatial map, default) or C (per channel).
         mode: "attention" (DMAF) or "mean" (ablation: Att_map_m = 1/|present|, no parameters used).
     """
 
     def __init__(self, num_modalities: int, channels: int, conv_op: Type[_ConvNd], num_layers: int = 4,
                  num_heads: int = 4, token_grid: int = 4, token_dim: int | None = None, mlp_ratio: float = 2.0,
-                 mode: str = "attention"):
+                 map_channels: int = 1, mode: str = "attention"):
         super().__init__()
         if num_modalities < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
         if mode not in FUSION_MODES:
             raise ValueError(f"fusion mode must be one of {FUSION_MODES}, got {mode!r}")
+        if map_channels not in (1, channels):
+            raise ValueError(f"map_channels must be 1 or the feature channels ({channels}), got {map_channels}")
         if num_layers < 1 or token_grid < 1:
             raise ValueError(f"num_layers and token_grid must be >= 1, got {num_layers}, {token_grid}")
         self.num_modalities = num_modalities
@@ -92,13 +98,14 @@ class DMAFFusion(nn.Module):
                                        dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
             for _ in range(num_layers)])
         self.norm = nn.LayerNorm(dim)
-        self.restore = nn.Linear(dim, channels)
+        self.map_channels = map_channels
+        self.restore = nn.Linear(dim, map_channels)
 
     def grid_size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(s, self.token_grid) for s in spatial)
 
     def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, C, *grid] (steps 1-3)."""
+        """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, map_channels, *grid] (steps 1-3)."""
         b, m, c = modality_features.shape[:3]
         spatial = tuple(modality_features.shape[3:])
         grid = self.grid_size(spatial)
@@ -112,16 +119,16 @@ class DMAFFusion(nn.Module):
         padding = (~modality_mask.bool()).repeat_interleave(t, dim=1)  # [B, M*T], True = ignore
         for layer in self.layers:
             tokens = layer(tokens, src_key_padding_mask=padding)
-        logits = self.restore(self.norm(tokens)).reshape(b, m, t, c).transpose(2, 3)  # [B, M, C, T]
-        return logits.reshape(b, m, c, *grid)
+        logits = self.restore(self.norm(tokens)).reshape(b, m, t, self.map_channels).transpose(2, 3)
+        return logits.reshape(b, m, self.map_channels, *grid)
 
     def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """Att_map [B, M, C, *grid]: softmax over present modalities (0 for missing ones)."""
+        """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones)."""
         present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
         if self.mode == "mean":
-            b, m, c = modality_features.shape[:3]
+            b, m = modality_features.shape[:2]
             grid = self.grid_size(tuple(modality_features.shape[3:]))
-            ones = modality_features.new_ones((b, m, c, *grid))
+            ones = modality_features.new_ones((b, m, self.map_channels, *grid))
             return ones * present / present.sum(1, keepdim=True)
         logits = self.attention_logits(modality_features, modality_mask).float()
         logits = logits.masked_fill(~present, float("-inf"))
@@ -134,7 +141,7 @@ class DMAFFusion(nn.Module):
             modality_features: [B, M, C, *S] (e^m per modality; entries of missing modalities ignored).
             modality_mask: bool [B, M], True = present; at least one True per row.
         Returns:
-            fused f: [B, C, *S]; attention maps [B, M, C, *grid] (at the token grid).
+            fused f: [B, C, *S]; attention maps [B, M, map_channels, *grid] (at the token grid).
         """
         spatial = tuple(modality_features.shape[3:])
         b, m = modality_features.shape[:2]

@@ -196,7 +196,8 @@ def evaluate_subsets(predictor: DMAFPredictor, cases: Sequence[EvaluationCase], 
         case_id = item.case.case_id
         finished = 0
         try:
-            loaded = load_case(item.case, names, reader_writer)
+            loaded = load_case(item.case, names, reader_writer, allowed_dims=predictor.allowed_image_dims,
+                               model_description=predictor.model_description)
             if not all(loaded.mask):
                 absent = [n for n, p in zip(names, loaded.mask) if not p]
                 raise CaseInputError(case_id, None,

@@ -13,81 +13,53 @@ Usage (same options as nnUNetv2_predict, plus ``--missing`` and ``--overwrite``)
   network gets the explicit modality mask (its encoders for missing channels are not run). The
   output files are those of nnUNetv2_predict (``CASE<ending>``, same geometry; ``.npz``/``.pkl``
   with ``--save_probabilities``).
-* A case with bad input (channel index beyond the model's channels, files of one case differing in
-  shape/spacing/origin/direction, a file that is not a readable image, several channels in one
-  file) is reported with the case and file; the other cases are still predicted.
-* Existing outputs: by default a case whose output file exists is not predicted and counts as an
-  error ("pass --overwrite or --continue_prediction"); ``--continue_prediction`` skips it silently
-  (nnU-Net's meaning), ``--overwrite`` replaces it.
-* Exit status: 0 if every case was predicted or skipped, 1 if any case failed, 2 for usage errors.
+* Every input file is verified before use (:mod:`nnunetv2_dmaf.inference.cases`): a case with bad
+  input (truncated/corrupt/empty file, NaN voxels, an image of the wrong dimensionality for the
+  model, a channel index beyond the model's channels, files of one case differing in
+  shape/spacing/origin/direction, several channels in one file) is reported with the case and file;
+  the other cases are still predicted. Files that belong to no case are reported, never predicted.
+* Outputs are written atomically (:mod:`nnunetv2_dmaf.inference.export`); leftovers of killed runs,
+  existing outputs and the run record: :mod:`nnunetv2_dmaf.inference.output_folder`.
+* Exit status: 0 if every case was predicted or skipped, 1 if any case or input file failed (or a
+  data error), 2 for usage errors, 130 for Ctrl-C/SIGTERM (one line each, no traceback).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
-from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
+from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileError, discover_cases, load_case
+from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_dataset_json,
+                                                   model_folder_from_args)
+from nnunetv2_dmaf.inference.output_folder import (CaseJob, check_settings_match, plan_jobs, prediction_settings,
+                                                   prepare_output_folder, read_run_record, write_model_files,
+                                                   write_run_record)
 from nnunetv2_dmaf.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
-from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
+from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when a model is loaded (fast usage errors)
     import torch
 
     from nnunetv2_dmaf.inference.predictor import DMAFPredictor
 
-ARGS_FILE = "dmaf_predict_args.json"
-
-
-@dataclass
-class CaseJob:
-    """One case to predict: its files and the output path without file ending (nnU-Net's 'ofile')."""
-    case: CaseFiles
-    output_truncated: Path
-
 
 @dataclass
 class PredictionReport:
-    """Outcome per case: predicted (with the mask used), skipped (existing output), failed."""
+    """Outcome per case: predicted (with the mask used; once its files are written), skipped
+    (complete output exists), failed; and input files that belong to no case (stray)."""
     predicted: dict[str, ModalityMask] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     failed: list[CaseInputError] = field(default_factory=list)
+    stray: list[StrayFileError] = field(default_factory=list)
 
     def fail(self, error: CaseInputError) -> None:
-        self.failed.append(error)
+        (self.stray if isinstance(error, StrayFileError) else self.failed).append(error)
         print(f"ERROR {error}", file=sys.stderr, flush=True)
-
-
-def output_files(output_truncated: Path, file_ending: str, save_probabilities: bool) -> list[Path]:
-    """The files nnU-Net's export writes for one case."""
-    files = [Path(f"{output_truncated}{file_ending}")]
-    if save_probabilities:
-        files += [Path(f"{output_truncated}.npz"), Path(f"{output_truncated}.pkl")]
-    return files
-
-
-def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str, save_probabilities: bool,
-              overwrite: bool, continue_prediction: bool, report: PredictionReport) -> list[CaseJob]:
-    """Applies the existing-output policy (see module docstring); returns the cases to predict."""
-    jobs = []
-    for case in cases:
-        truncated = output_folder / case.case_id
-        existing = [f for f in output_files(truncated, file_ending, save_probabilities) if f.exists()]
-        if existing and not overwrite:
-            if continue_prediction:
-                report.skipped.append(case.case_id)
-                continue
-            report.fail(CaseInputError(case.case_id, existing[0], "output already exists; not overwritten (pass "
-                                                                  "--overwrite to replace it, or "
-                                                                  "--continue_prediction to skip such cases)"))
-            continue
-        jobs.append(CaseJob(case, truncated))
-    return jobs
 
 
 @dataclass
@@ -99,10 +71,10 @@ class _Prepared:
 
 
 def _prepare(predictor: DMAFPredictor, job: CaseJob, declared_missing: Sequence[int]) -> _Prepared:
-    """Loads (zero-filling missing channels) and preprocesses one case; errors name case and file."""
+    """Verifies, loads (zero-filling missing channels) and preprocesses one case; errors name case and file."""
     from nnunetv2_dmaf.inference.predictor import zero_missing_channels
     loaded = load_case(job.case, predictor.channel_names, predictor.plans_manager.image_reader_writer_class(),
-                       declared_missing)
+                       declared_missing, predictor.allowed_image_dims, predictor.model_description)
     try:
         data, properties = predictor.preprocess(loaded.data, loaded.properties)
     except Exception as error:
@@ -127,7 +99,8 @@ def prepared_cases(predictor: DMAFPredictor, jobs: Sequence[CaseJob], declared_m
     """Loads and preprocesses cases in ``num_workers`` background threads, in order; failed cases go to
     ``report`` and are left out."""
     workers = max(1, num_workers)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
         remaining = iter(jobs)
         pending: deque = deque()
 
@@ -151,66 +124,42 @@ def prepared_cases(predictor: DMAFPredictor, jobs: Sequence[CaseJob], declared_m
                 continue
             print(f"{job.case.case_id}: {_describe(prepared.mask, job.case, predictor.channel_names)}", flush=True)
             yield prepared
+    finally:  # on Ctrl-C do not start the queued cases
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def predict_cases(predictor: DMAFPredictor, jobs: Sequence[CaseJob], declared_missing: Sequence[int] = (),
                   save_probabilities: bool = False, num_processes_preprocessing: int = 1,
                   num_processes_export: int = 1, report: PredictionReport | None = None) -> PredictionReport:
-    """Predicts ``jobs`` with nnU-Net's machinery, each with its own modality mask.
-
-    With ``num_processes_export`` >= 1, nnU-Net's ``predict_from_data_iterator`` runs the network and
-    exports in background processes; the mask of a case is set on the network when the iterator hands
-    the case over (nnU-Net predicts each item before requesting the next one). With 0, everything
-    runs in this process.
-    """
-    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+    """Predicts ``jobs`` with nnU-Net's machinery, each with its own modality mask, and exports them
+    atomically (``num_processes_export`` background processes; 0 = in this process). A case counts
+    as predicted once its files are written; an export failure fails only that case."""
+    from nnunetv2_dmaf.inference.export import ExportQueue
 
     report = report if report is not None else PredictionReport()
-    cases = prepared_cases(predictor, jobs, declared_missing, num_processes_preprocessing, report)
-    try:
-        if num_processes_export >= 1:
-            def items() -> Iterator[dict]:
-                for prepared in cases:
-                    predictor.set_modality_mask(prepared.mask)
-                    report.predicted[prepared.job.case.case_id] = prepared.mask
-                    yield {"data": prepared.data, "data_properties": prepared.properties,
-                           "ofile": str(prepared.job.output_truncated)}
+    masks: dict[str, ModalityMask] = {}
 
-            predictor.predict_from_data_iterator(items(), save_probabilities, num_processes_export)
-        else:
-            for prepared in cases:
-                logits = predictor.predict_logits(prepared.data, prepared.mask)
-                export_prediction_from_logits(logits, prepared.properties, predictor.configuration_manager,
-                                              predictor.plans_manager, predictor.dataset_json,
-                                              str(prepared.job.output_truncated), save_probabilities)
-                report.predicted[prepared.job.case.case_id] = prepared.mask
-    finally:
-        predictor.set_modality_mask(None)
+    def done(case_id: str) -> None:
+        report.predicted[case_id] = masks[case_id]
+
+    def export_failed(case_id: str, error: BaseException) -> None:
+        report.fail(CaseInputError(case_id, None, f"writing the prediction failed ({type(error).__name__}: "
+                                                  f"{' '.join(str(error).split())})"))
+
+    with ExportQueue(num_processes_export, done, export_failed) as exports:
+        for prepared in prepared_cases(predictor, jobs, declared_missing, num_processes_preprocessing, report):
+            case_id = prepared.job.case.case_id
+            logits = predictor.predict_logits(prepared.data, prepared.mask).cpu().numpy()
+            masks[case_id] = prepared.mask
+            exports.submit(case_id, logits, prepared.properties, predictor, prepared.job.output_truncated,
+                           save_probabilities)
     return report
 
 
-def write_metadata(predictor: DMAFPredictor, output_folder: Path, arguments: dict, overwrite: bool) -> None:
-    """dataset.json and plans.json (as nnUNetv2_predict writes them) and the call's arguments; an
-    existing different file is kept unless ``overwrite``."""
-    contents = {"dataset.json": predictor.dataset_json, "plans.json": predictor.plans_manager.plans,
-                ARGS_FILE: arguments}
-    for name, content in contents.items():
-        path = output_folder / name
-        text = json.dumps(content, indent=4, sort_keys=False, default=str)
-        if path.exists() and not overwrite:
-            try:
-                same = json.loads(path.read_text()) == json.loads(text)
-            except (OSError, ValueError):
-                same = False
-            if not same:
-                print(f"Note: kept the existing {path} (differs from this run's; --overwrite replaces it)")
-            continue
-        path.write_text(text)
-
-
 def print_summary(report: PredictionReport, names: Sequence[str]) -> None:
-    print(f"\nSummary: {len(report.predicted)} predicted, {len(report.skipped)} skipped (output exists, "
-          f"--continue_prediction), {len(report.failed)} failed")
+    print(f"\nSummary: {len(report.predicted)} predicted, {len(report.skipped)} skipped (complete output exists, "
+          f"--continue_prediction), {len(report.failed)} failed"
+          + (f", {len(report.stray)} input file(s) ignored" if report.stray else ""))
     for case_id, mask in sorted(report.predicted.items()):
         missing = [n for n, p in zip(names, mask) if not p]
         print(f"  predicted {case_id}" + (f" (missing: {', '.join(missing)})" if missing else ""))
@@ -220,6 +169,10 @@ def print_summary(report: PredictionReport, names: Sequence[str]) -> None:
         print(f"{len(report.failed)} case(s) failed:", file=sys.stderr)
         for error in report.failed:
             print(f"  FAILED {error}", file=sys.stderr)
+    if report.stray:
+        print(f"{len(report.stray)} input file(s) belong to no case and were ignored:", file=sys.stderr)
+        for error in report.stray:
+            print(f"  IGNORED {error}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace existing output files")
     existing.add_argument("--continue_prediction", "--c", action="store_true",
-                          help="skip cases whose output exists (continue an aborted run)")
+                          help="skip cases whose output exists and is complete (continue an aborted run)")
     parser.add_argument("--save_probabilities", action="store_true",
                         help="also export probabilities (.npz + .pkl), as nnUNetv2_predict")
     parser.add_argument("-npp", type=int, default=1, help="threads loading/preprocessing ahead (default: %(default)s)")
@@ -246,50 +199,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    input_folder, output_folder = Path(args.i), Path(args.o)
+def _check_folders(input_folder: Path, output_folder: Path) -> None:
     if not input_folder.is_dir():
-        parser.exit(2, f"error: input folder {input_folder} does not exist\n")
+        raise UsageError(f"-i {input_folder}: " + ("is not a folder" if input_folder.exists() else "does not exist"))
     if output_folder.resolve() == input_folder.resolve():
-        parser.exit(2, "error: -o must differ from -i (outputs would be mixed with the input images)\n")
+        raise UsageError("-o must differ from -i (outputs would be mixed with the input images)")
+    if output_folder.exists() and not output_folder.is_dir():
+        raise UsageError(f"-o {output_folder}: exists and is not a folder")
+
+
+def predict_command(argv: Sequence[str] | None = None) -> int:
+    """The command's work; returns the exit status. User errors raise UsageError/DataError."""
+    args = build_parser().parse_args(argv)
+    input_folder, output_folder = Path(args.i), Path(args.o)
+    _check_folders(input_folder, output_folder)
+    if args.npp < 1:
+        raise UsageError(f"-npp {args.npp}: must be at least 1")
+    if args.nps < 0:
+        raise UsageError(f"-nps {args.nps}: must be 0 (export in this process) or more")
+    check_model_arguments(args)
+    model_folder = model_folder_from_args(args)
+    dataset_json = model_dataset_json(model_folder)
     try:
-        model_folder = model_folder_from_args(args)
-        dataset_json = model_dataset_json(model_folder)
         names = channel_names_from_dataset_json(dataset_json)
+    except ValueError as error:
+        raise DataError(f"{model_folder / 'dataset.json'}: {error}") from None
+    try:
         declared_missing = parse_channels(args.missing, names)
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+    except ValueError as error:
+        raise UsageError(f"--missing: {error}") from None
     if len(declared_missing) == len(names):
-        parser.exit(2, "error: --missing declares every channel missing\n")
+        raise UsageError("--missing declares every channel missing")
 
     file_ending = dataset_json["file_ending"]
     report = PredictionReport()
     cases, naming_errors = discover_cases(input_folder, file_ending)
     for error in naming_errors:
         report.fail(error)
-    if not cases and not naming_errors:
-        parser.exit(1, f"error: no files ending with {file_ending} in {input_folder}\n")
-    output_folder.mkdir(parents=True, exist_ok=True)
-    jobs = plan_jobs(cases, output_folder, file_ending, args.save_probabilities, args.overwrite,
-                     args.continue_prediction, report)
+    if not cases:
+        raise DataError(f"-i {input_folder}: no channel files CASE_XXXX{file_ending}"
+                        + (f" ({len(naming_errors)} other file(s) reported above)" if naming_errors else ""))
+    settings = prediction_settings(vars(args), model_folder, [names[i] for i in declared_missing])
+    record = read_run_record(output_folder) if output_folder.is_dir() else None
+    if not args.overwrite:
+        has_outputs = output_folder.is_dir() and any(output_folder.glob(f"*{file_ending}"))
+        check_settings_match(output_folder, settings, record, has_outputs)
+    removed = prepare_output_folder(output_folder)
+    if removed:
+        print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "
+              f"{', '.join(p.name for p in removed)}")
+    jobs, report.skipped, refused, notes = plan_jobs(cases, output_folder, file_ending, args.save_probabilities,
+                                                     args.overwrite, args.continue_prediction)
+    for error in refused:
+        report.fail(error)
+    for note in notes:
+        print(f"Note: {note}")
     print(f"{len(cases)} case(s) in {input_folder}; predicting {len(jobs)}; channels: "
           f"{', '.join(f'{i:04d}={n}' for i, n in enumerate(names))}"
           + (f"; declared missing: {', '.join(names[i] for i in declared_missing)}" if declared_missing else ""))
     if jobs:
         from nnunetv2_dmaf.inference.predictor import predictor_from_args
+        predictor = predictor_from_args(args)
+        write_model_files(output_folder, predictor.dataset_json, predictor.plans_manager.plans, args.overwrite)
+        arguments = {**vars(args), "model_folder": str(model_folder), "channel_names": names}
         try:
-            predictor = predictor_from_args(args)
-        except (ValueError, FileNotFoundError, TypeError) as error:
-            parser.exit(2, f"error: {error}\n")
-        write_metadata(predictor, output_folder, {**vars(args), "model_folder": str(model_folder),
-                                                  "channel_names": names,
-                                                  "declared_missing": [names[i] for i in declared_missing]},
-                       args.overwrite)
-        predict_cases(predictor, jobs, declared_missing, args.save_probabilities, args.npp, args.nps, report)
+            predict_cases(predictor, jobs, declared_missing, args.save_probabilities, args.npp, args.nps, report)
+        finally:  # also after Ctrl-C: the record lists exactly the cases whose files were written
+            write_run_record(output_folder, arguments, settings,
+                             {c: [n for n, p in zip(names, m) if not p] for c, m in report.predicted.items()},
+                             None if args.overwrite else record)
     print_summary(report, names)
-    sys.exit(1 if report.failed else 0)
+    return 1 if report.failed or report.stray else 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console script ``nnUNetv2_dmaf_predict``: one-line errors, exit status as documented."""
+    run_main(predict_command, argv)
 
 
 if __name__ == "__main__":

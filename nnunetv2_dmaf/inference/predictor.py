@@ -10,14 +10,19 @@ preprocessing, sliding window, test-time mirroring, fold ensembling and export) 
   :meth:`DMAFPredictor.logits_to_segmentation`: one case in memory, preprocessed once and predicted
   with any mask (used by the subset evaluation).
 
-Imports torch and nnU-Net: the CLIs import this module only once their arguments are checked.
+Loading a model never ends in a traceback for a user's problem: a truncated checkpoint, a trainer
+class that is not installed, a corrupt plans.json are :class:`~nnunetv2_dmaf.user_errors.DataError` s
+naming the file. Imports torch and nnU-Net: the CLIs import this module only once their arguments
+are checked.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing
+import pickle
 from contextlib import contextmanager
 from copy import deepcopy
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -25,21 +30,41 @@ import torch
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunetv2_dmaf.inference.cases import dimensionality_problem
+from nnunetv2_dmaf.inference.file_integrity import zip_archive_problem
+from nnunetv2_dmaf.inference.model_options import (check_model_arguments, model_folder_from_args, parse_folds,
+                                                   read_json_object)
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
-from nnunetv2_dmaf.inference.model_options import model_folder_from_args
+from nnunetv2_dmaf.user_errors import DataError, UsageError
 
 
 class DMAFPredictor(nnUNetPredictor):
     """nnUNetPredictor for DMAF-Net models with per-case modality masks."""
 
+    model_folder: Path = Path("model")
+
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name:
                                              str = "checkpoint_final.pth") -> None:
-        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        """nnU-Net's model loading; DataError naming the folder if the checkpoint or plans are unusable."""
+        folder = self.model_folder = Path(model_training_output_dir)
+        read_json_object(folder / "plans.json", ("configurations", "image_reader_writer"))
+        try:
+            super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        except RuntimeError as error:
+            if "Could not find requested nnunet trainer" not in str(error):
+                raise
+            trainer = str(error).split("trainer ", 1)[1].split(" ", 1)[0]
+            raise DataError(f"{folder}: the checkpoint's trainer class {trainer} is not installed (nnU-Net "
+                            f"searches its own trainers and $nnUNet_extTrainer)") from None
+        except (KeyError, EOFError, pickle.UnpicklingError) as error:
+            raise DataError(f"{folder}: fold checkpoints {checkpoint_name} are not nnU-Net checkpoints "
+                            f"({type(error).__name__}: {error})") from None
         if self.dmaf_network is None:
             print(f"Note: trainer {self.trainer_name} has network {type(self.network).__name__}, not a DMAF-Net: "
                   f"missing channels are given to it as zeros, without a modality mask (as for a baseline).")
         if self.configuration_manager.previous_stage_name is not None:
-            raise ValueError("cascade configurations (with a previous stage) are not supported by the DMAF tools")
+            raise UsageError(f"{folder}: cascade configurations (with a previous stage) are not supported by the "
+                             f"DMAF tools")
 
     @property
     def dmaf_network(self):
@@ -47,6 +72,21 @@ class DMAFPredictor(nnUNetPredictor):
         own U-Net from nnUNetTrainer), which then only see the missing channels as zeros."""
         network = getattr(self.network, "_orig_mod", self.network)
         return network if hasattr(network, "set_inference_modality_mask") else None
+
+    @property
+    def allowed_image_dims(self) -> set[int]:
+        """Image dimensionalities this model predicts correctly: {2} for a model trained on 2D images,
+        {3} for a 3D configuration, {2, 3} for a 2D configuration of 3D data (slice by slice)."""
+        if int(self.plans_manager.plans["original_median_shape_after_transp"][0]) == 1:
+            return {2}
+        return {3} if len(self.configuration_manager.patch_size) == 3 else {2, 3}
+
+    @property
+    def model_description(self) -> str:
+        trained_on = "2D" if self.allowed_image_dims == {2} else "3D"
+        configuration = self.model_folder.name.split("__")[-1]  # TRAINER__PLANS__CONFIGURATION
+        return (f"the model ({len(self.configuration_manager.patch_size)}D configuration {configuration}, "
+                f"trained on {trained_on} images)")
 
     @property
     def channel_names(self) -> list[str]:
@@ -67,7 +107,11 @@ class DMAFPredictor(nnUNetPredictor):
             self.dmaf_network.set_inference_modality_mask(None if mask is None else list(mask))
 
     def preprocess(self, data: np.ndarray, properties: dict) -> tuple[torch.Tensor, dict]:
-        """nnU-Net's preprocessing of one case ([M, *S] raw intensities, reader properties)."""
+        """nnU-Net's preprocessing of one case ([M, *S] raw intensities, reader properties); ValueError if
+        the image's dimensionality does not suit the model (see :attr:`allowed_image_dims`)."""
+        problem = dimensionality_problem(data.shape, self.allowed_image_dims, self.model_description)
+        if problem is not None:
+            raise ValueError(problem)
         preprocessor = self.configuration_manager.preprocessor_class(verbose=self.verbose_preprocessing)
         preprocessed, _, properties = preprocessor.run_case_npy(data, None, deepcopy(properties), self.plans_manager,
                                                                 self.configuration_manager, self.dataset_json)
@@ -107,7 +151,7 @@ def torch_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("-device cuda was requested but CUDA is not available; use -device cpu")
+            raise UsageError("-device cuda was requested but CUDA is not available; use -device cpu")
         torch.set_num_threads(1)
         return torch.device("cuda")
     return torch.device("mps")
@@ -116,17 +160,23 @@ def torch_device(name: str) -> torch.device:
 def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
     """Builds and loads the predictor for the CLI options of
     :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
+    check_model_arguments(args)
     folder = model_folder_from_args(args)
-    folds = None if args.f is None else [f if f == "all" else int(f) for f in args.f]
-    for fold in folds or []:
+    folds = parse_folds(args.f)
+    if folds is None:
+        folds = nnUNetPredictor.auto_detect_available_folds(str(folder), args.chk)
+        if not folds:
+            raise UsageError(f"no fold_X/{args.chk} found in {folder} (check -chk)")
+    for fold in folds:
         checkpoint = folder / f"fold_{fold}" / args.chk
         if not checkpoint.is_file():
-            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist (check -f and -chk)")
+            raise UsageError(f"checkpoint {checkpoint} does not exist (check -f and -chk)")
+        problem = zip_archive_problem(checkpoint)
+        if problem is not None:
+            raise DataError(f"checkpoint {checkpoint}: {problem} (truncated or corrupt file)")
     predictor = DMAFPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
                               perform_everything_on_device=True, device=torch_device(args.device),
                               verbose=args.verbose, verbose_preprocessing=args.verbose,
                               allow_tqdm=(not args.disable_progress_bar) if allow_tqdm is None else allow_tqdm)
     predictor.initialize_from_trained_model_folder(str(folder), folds, args.chk)
-    if not predictor.list_of_parameters:
-        raise FileNotFoundError(f"no fold_X/{args.chk} found in {folder}")
     return predictor

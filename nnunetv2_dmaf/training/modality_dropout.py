@@ -88,7 +88,7 @@ def parse_missing_rates(spec: str | Mapping[str, float] | None, channel_names: S
         assigned.add(index[key])
         rates[index[key]] = rate
     if len(rates) and np.all(rates >= 1.0):
-        raise ValueError(f"missing rates drop every modality always ({dict(zip(channel_names, rates))}); at least "
+        raise ValueError(f"missing rates drop every modality always ({dict(zip(channel_names, rates.tolist()))}); at least "
                          f"one modality needs a rate below 1")
     return rates
 

@@ -38,7 +38,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch._dynamo import OptimizedModule
 
-from nnunetv2_dmaf.availability import AvailabilityTableError
+from nnunetv2_dmaf.availability import AvailabilityTableError, unknown_case_rows
 from nnunetv2_dmaf.training.channel_presence import ChannelPresenceTransform
 from nnunetv2_dmaf.training.data_loader import DMAFDataLoader
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig, load_dropout_config
@@ -123,10 +123,16 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
 
     def get_tr_and_val_datasets(self):
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        config = self.dmaf_dropout_config
         try:
-            self.dmaf_dropout_config.check_cases(list(dataset_tr.identifiers) + list(dataset_val.identifiers))
+            config.check_cases(list(dataset_tr.identifiers) + list(dataset_val.identifiers))
         except ValueError as e:
             configuration_error_exit(e)
+        if config.availability is not None:
+            all_cases = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)
+            unknown = unknown_case_rows(config.table_path, config.availability, all_cases)
+            if unknown:
+                self.print_to_log_file(f"DMAF WARNING: {unknown} (ignored)")
         return dataset_tr, dataset_val
 
     def get_dataloaders(self):
