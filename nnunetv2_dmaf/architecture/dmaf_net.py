@@ -66,8 +66,9 @@ class DMAFFeatures:
         on the device; pair_index_host: the same on the CPU.
     unimodal_logits: shared decoder outputs for the pairs, [P, K, *S] per deep-supervision scale
         (full resolution first), or None without the uni-modal decoder.
-    distillation_level: index of level L. student_tokens: e^m_L of the pairs [P, T, C_L];
-    teacher_tokens: f_L of the pairs' samples, detached [P, T, C_L];
+    distillation_level: index of level L. student_features: e^m_L of the pairs [P, C_L, *S_L];
+    teacher_features: f_L of the pairs' samples, detached [P, C_L, *S_L]; student_tokens /
+    teacher_tokens: the same pooled to tokens [P, T, C_L];
     cca_projection: Linear_m(e^m_L) [P, C_L, N_L]; maa_output: [P, T, C_L].
     """
     modality_features: list[torch.Tensor] = field(default_factory=list)
@@ -77,6 +78,8 @@ class DMAFFeatures:
     pair_index: torch.Tensor | None = None
     unimodal_logits: list[torch.Tensor] | None = None
     distillation_level: int = -1
+    student_features: torch.Tensor | None = None
+    teacher_features: torch.Tensor | None = None
     student_tokens: torch.Tensor | None = None
     teacher_tokens: torch.Tensor | None = None
     cca_projection: torch.Tensor | None = None
@@ -282,8 +285,8 @@ class DMAFNet(nn.Module):
         f_l = fused[level].detach()[b_idx]  # teacher: the sample's fused feature
         student_tokens = level_tokens(e_l, self.distillation_grid)
         teacher_tokens = level_tokens(f_l, self.distillation_grid)
-        return DMAFFeatures(modality_features, fused, maps, mask, pairs, unimodal, level, student_tokens,
-                            teacher_tokens, self.cca_projection(e_l.flatten(2), m_idx),
+        return DMAFFeatures(modality_features, fused, maps, mask, pairs, unimodal, level, e_l, f_l,
+                            student_tokens, teacher_tokens, self.cca_projection(e_l.flatten(2), m_idx),
                             self.attention_alignment(student_tokens, teacher_tokens), pairs_host)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,

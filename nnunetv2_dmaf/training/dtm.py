@@ -5,7 +5,7 @@ Per iteration the trainer records, for every present (sample, modality) pair and
 synchronisation, two detached numbers: the distillation gap ``g`` (L_cov + L_att + L_proto of the
 pair) and a convergence signal ``c`` (the pair's uni-modal soft-Dice loss; the gap without the
 uni-modal decoder). At the end of every epoch :meth:`DynamicTrainingMonitor.end_epoch` sums the
-per-modality count, sum and sum of squares over all DDP ranks (one ``all_reduce``) and updates, for
+per-modality counts, sums and (for the convergence signal) sums of squares over all DDP ranks (one ``all_reduce``) and updates, for
 the next epoch:
 
 * **loss weights** (towards lagging modalities): the epoch's mean gap of modality m is shrunk towards
@@ -35,8 +35,8 @@ from torch import distributed as dist
 from torch import nn
 
 _EPS = 1e-8
-#: rows of the per-epoch accumulator [6, M]
-_COUNT, _GAP_SUM, _GAP_SQ, _SIG_SUM, _SIG_SQ, _SIG_COUNT = range(6)
+#: rows of the per-epoch accumulator [5, M] (the gaps need no variance: shrinkage uses counts)
+_COUNT, _GAP_SUM, _SIG_SUM, _SIG_SQ, _SIG_COUNT = range(5)
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
@@ -103,7 +103,7 @@ class DynamicTrainingMonitor:
 
     # ---------------------------------------------------------------- per iteration
     def _reset_accumulators(self) -> None:
-        self._acc = torch.zeros(6, len(self.modality_names), dtype=torch.float64, device=self.device)
+        self._acc = torch.zeros(5, len(self.modality_names), dtype=torch.float64, device=self.device)
 
     def record(self, gaps: torch.Tensor | None, signal: torch.Tensor | None, modality: torch.Tensor) -> None:
         """One iteration: gaps [P] and convergence signal [P] (either may be None) of the pairs whose
@@ -114,7 +114,6 @@ class DynamicTrainingMonitor:
             g = gaps.detach().to(self._acc)
             self._acc[_COUNT].index_add_(0, idx, ones)
             self._acc[_GAP_SUM].index_add_(0, idx, g)
-            self._acc[_GAP_SQ].index_add_(0, idx, g * g)
         if signal is not None:
             c = signal.detach().to(self._acc)
             self._acc[_SIG_COUNT].index_add_(0, idx, ones)
@@ -129,15 +128,15 @@ class DynamicTrainingMonitor:
         return self.update(stats)
 
     def update(self, stats: np.ndarray) -> dict[str, Any]:
-        """Applies one epoch's accumulated statistics [6, M] (see ``record``)."""
-        self._update_weights(stats[_COUNT], stats[_GAP_SUM], stats[_GAP_SQ])
+        """Applies one epoch's accumulated statistics [5, M] (see ``record``)."""
+        self._update_weights(stats[_COUNT], stats[_GAP_SUM])
         self._update_scales(stats[_SIG_COUNT], stats[_SIG_SUM], stats[_SIG_SQ])
         self.epochs += 1
         summary = self.summary()
         self.history.append(summary)
         return summary
 
-    def _update_weights(self, n: np.ndarray, total: np.ndarray, _sq: np.ndarray) -> None:
+    def _update_weights(self, n: np.ndarray, total: np.ndarray) -> None:
         has = n > 0
         if not has.any():
             return

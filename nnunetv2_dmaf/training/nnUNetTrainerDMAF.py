@@ -25,7 +25,8 @@ from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
 from nnunetv2_dmaf.architecture.dmaf_net import DMAFFeatures, DMAFNet, build_dmaf_net_from_plans
-from nnunetv2_dmaf.training.distillation import LOSS_NAMES, CrossModalDistillation, DistillationSettings
+from nnunetv2_dmaf.training.distillation import (LOSS_NAMES, CrossModalDistillation, DistillationSettings,
+                                                 per_modality_mean)
 from nnunetv2_dmaf.training.dtm import DynamicTrainingMonitor, per_sample_soft_dice_loss
 from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import TINY_SCHEDULE, nnUNetTrainerZeroFilled
 
@@ -126,17 +127,16 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                                         tgt if isinstance(target, list) else tgt[0])
             terms["unimodal"] = unimodal
             per_modality = per_modality + self.unimodal_weight * unimodal
-            low = -2 if len(features.unimodal_logits) > 1 else 0
+            low = -2 if len(features.unimodal_logits) > 1 else 0  # as many targets as outputs
             terms["pair_signal"] = per_sample_soft_dice_loss(
-                features.unimodal_logits[low], targets[low][pair_sample] if len(targets) > 1 else targets[0][pair_sample],
+                features.unimodal_logits[low], targets[low][pair_sample],
                 self.label_manager.has_regions, self.label_manager.ignore_label)
         if self.distillation_enabled:
             pair_terms = self.distillation(features, target)
             gap = sum(pair_terms.values())
             terms["pair_gap"] = gap
-            counts = torch.zeros_like(per_modality).index_add(0, pair_modality, torch.ones_like(gap))
             for name, values in pair_terms.items():
-                mean = torch.zeros_like(per_modality).index_add(0, pair_modality, values) / counts.clamp_min(1)
+                mean = per_modality_mean(values, pair_modality, m_count)
                 terms[name] = mean
                 per_modality = per_modality + self.distillation_weights[name] * mean
         weights = self.dtm.weight_tensor(per_modality.device, per_modality.dtype)

@@ -65,10 +65,8 @@ class CrossModalDistillation(nn.Module):
         self.has_ignore_channel = has_ignore_channel
 
     def forward(self, features: DMAFFeatures, target: torch.Tensor | list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        level = features.distillation_level
         b_idx = features.pair_index[:, 0]
-        e_l = features.modality_features[level][b_idx, features.pair_index[:, 1]]  # [P, C, *S]
-        f_l = features.fused_features[level][b_idx].detach()
+        e_l, f_l = features.student_features, features.teacher_features  # [P, C, *S]; f_l detached
         size = tuple(e_l.shape[2:])
         masks = region_masks(target_at(target, size), size, self.num_classes, self.has_regions,
                              self.has_ignore_channel)[b_idx]
