@@ -67,6 +67,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF_noDTM": "(c) w/o DTM",
     "nnUNetTrainerDMAF_noUniDecoder": "(c) w/o uni-modal decoder",
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
+    "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",
 }
 BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"

@@ -283,3 +283,11 @@ class nnUNetTrainerDMAF_meanFusion(nnUNetTrainerDMAF):
     """Ablation: fusion by the plain mean of the present modalities instead of DMAF attention maps."""
 
     dmaf_network_kwargs = {"fusion_mode": "mean"}
+
+
+class nnUNetTrainerDMAF_subsetSampling(nnUNetTrainerDMAF):
+    """DMAF-Net that, like the channel-dropout baseline, also trains on random subsets of each case's
+    available modalities: every available channel is dropped with probability 0.5, never all of them
+    (the published imbalanced protocols list such within-availability masks per case)."""
+
+    extra_channel_drop_probability = 0.5
