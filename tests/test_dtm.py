@@ -99,17 +99,20 @@ def test_modality_without_samples_keeps_weight_and_scale_one():
     assert summary["scales"]["FLAIR"] < 1.0  # FLAIR falls much faster than T1ce / T1
 
 
-def test_scale_encoder_gradients_multiplies_only_scaled_encoders():
+def test_scale_encoder_gradients_multiplies_only_the_scaled_modality_group():
     dtm = DynamicTrainingMonitor(("x", "y"))
     dtm.grad_scales = np.array([0.25, 1.0])
-    encoders = [nn.Linear(2, 2), nn.Linear(2, 2)]
-    for e in encoders:
-        e(torch.ones(1, 2)).sum().backward()
-    before = [p.grad.clone() for e in encoders for p in e.parameters()]
-    dtm.scale_encoder_gradients(encoders)
-    after = [p.grad for e in encoders for p in e.parameters()]
-    torch.testing.assert_close(after[0], before[0] * 0.25)
-    torch.testing.assert_close(after[2], before[2])
+    encoder = nn.Conv1d(2, 4, 1, groups=2)  # modality groups: output channels 0-1 = x, 2-3 = y
+    encoder(torch.ones(1, 2, 3)).sum().backward()
+    before = [p.grad.clone() for p in encoder.parameters()]
+    dtm.scale_encoder_gradients(encoder)
+    for old, new in zip(before, (p.grad for p in encoder.parameters())):
+        torch.testing.assert_close(new[:2], old[:2] * 0.25)
+        torch.testing.assert_close(new[2:], old[2:])
+    with pytest.raises(ValueError, match="does not split into 2 modality groups"):
+        bad = nn.Linear(2, 3)
+        bad(torch.ones(1, 2)).sum().backward()
+        dtm.scale_encoder_gradients(bad)
 
 
 def test_state_dict_round_trip_continues_identically():

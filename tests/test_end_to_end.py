@@ -29,7 +29,8 @@ def test_training_produces_nnunet_outputs(demo_model):
     import torch
     checkpoint = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
-    assert any(k.startswith("encoders.3.") for k in checkpoint["network_weights"])
+    first_conv = checkpoint["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"]
+    assert first_conv.shape[1] == 1 and first_conv.shape[0] % 4 == 0  # 4 modality groups of 1 input channel
     assert any(k.startswith("fusions.0.layers.3.self_attn") for k in checkpoint["network_weights"])
     assert any(k.startswith("unimodal_decoder.") for k in checkpoint["network_weights"])
 

@@ -270,7 +270,7 @@ def test_sigterm_leaves_only_complete_outputs(demo_model, tmp_path):
     assert sorted(record["cases"]) == written  # the record lists exactly the finished cases
 
 
-def test_inference_cost_benchmark_runs_and_skips_encoders(demo_model):
+def test_inference_cost_benchmark_runs_and_cost_does_not_depend_on_the_mask(demo_model):
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_cost.py"
     plans = demo_model.preprocessed / "Dataset990_DMAFDemo" / "nnUNetPlans.json"
     result = subprocess.run([sys.executable, str(script), "--plans", str(plans), "--patch", "16", "16", "16",
@@ -278,6 +278,6 @@ def test_inference_cost_benchmark_runs_and_skips_encoders(demo_model):
     assert "4 modalities" in result.stdout and "patch [16, 16, 16]" in result.stdout
     rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| ") and "present" not in line]
     assert [int(r[1]) for r in rows] == [1, 2, 3, 4]
-    assert [int(r[3]) for r in rows] == [1, 2, 3, 4]  # encoder calls = present modalities
-    flops = [float(r[4]) for r in rows]
-    assert flops == sorted(flops) and flops[0] < flops[-1]
+    assert len({float(r[3]) for r in rows}) == 1  # one graph for every mask: same FLOPs
+    assert 0 < float(rows[0][5]) < 1  # the encoders' share
+    assert "could save at most" in result.stdout

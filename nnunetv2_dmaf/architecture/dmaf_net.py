@@ -10,12 +10,20 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
 * ``inference_modality_mask`` (bool [M], set with :meth:`DMAFNet.set_inference_modality_mask`, or
   [B, M] for one batch, as the trainer's validation step does) replaces the inference from zeros for
   calls without a mask.
-* Each modality's encoder only runs on the samples where that modality is present; a modality
-  missing in the whole batch costs no compute and its encoder receives no gradient.
+* The M modality encoders are ONE dynamic-network-architectures encoder with modality-grouped
+  convolutions (see grouped_conv.py): one kernel per layer for all modalities. Every encoder runs on
+  every sample; a missing modality's features are discarded by the fusion (exactly 0 weight, no
+  gradient) and by the losses. Nothing in forward depends on the mask's VALUES on the host, so
+  forward makes no host-device synchronisation and torch.compile traces one graph for all masks.
+  Skipping missing encoders would save little: at width 1/M the M encoders together cost 1/M of the
+  FLOPs of nnU-Net's encoder.
+* Training memory: with ``activation_checkpointing`` (default) the fusion + projection of each level
+  and the shared uni-modal decoder are recomputed in backward instead of storing their activations.
 * Output: as nnU-Net's U-Nets, the FUSION decoder's logits [B, K, *S], or a list of them (full
   resolution first) with deep supervision. ``return_features=True`` (training) also runs the shared
-  uni-modal decoder on every present (sample, modality) pair and the distillation heads, and returns
-  a :class:`DMAFFeatures`; inference runs the fusion path only.
+  uni-modal decoder on every (sample, modality) pair and the distillation heads, and returns a
+  :class:`DMAFFeatures` (restrict it to the present pairs with :meth:`DMAFFeatures.present_pairs`);
+  inference runs the fusion path only.
 """
 from __future__ import annotations
 
@@ -24,6 +32,7 @@ import pydoc
 from dataclasses import dataclass, field
 from typing import Any, Sequence, Type
 
+import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.plain_conv_encoder import PlainConvEncoder
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
@@ -31,11 +40,13 @@ from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecod
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
+from torch.utils.checkpoint import checkpoint
 
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU
 
 from nnunetv2_dmaf.architecture.distillation_heads import CovarianceProjection, MaskedAttentionAlignment, level_tokens
 from nnunetv2_dmaf.architecture.fusion import DMAFFusion
+from nnunetv2_dmaf.architecture.grouped_conv import modality_grouped_conv
 
 
 @dataclass
@@ -57,19 +68,21 @@ class DecoderSpec:
 
 @dataclass
 class DMAFFeatures:
-    """Intermediate tensors of one training forward pass, for the losses (P = present pairs).
+    """Intermediate tensors of one training forward pass, for the losses. "Pairs" are (sample,
+    modality) pairs: the network returns ALL B*M of them (row b*M + m), :meth:`present_pairs` keeps
+    the P present ones.
 
-    modality_features: per level l, e^m_l stacked [B, M, C_l, *S_l] (zeros where missing).
+    modality_features: per level l, e^m_l [B, M, C_l, *S_l] (entries of missing modalities unused).
     fused_features: per level, f_l [B, C_l, *S_l] (the DMAF output before the 1x1 projection).
     attention_maps: per level, Att_map [B, M, 1 (or C_l), *grid_l].
-    modality_mask: bool [B, M] (CPU). pair_index: long [P, 2] (sample, modality) of the present pairs,
+    modality_mask: bool [B, M] on the device. pair_index: long [N, 2] (sample, modality) of the rows,
         on the device; pair_index_host: the same on the CPU.
-    unimodal_logits: shared decoder outputs for the pairs, [P, K, *S] per deep-supervision scale
+    unimodal_logits: shared decoder outputs of the pairs, [N, K, *S] per deep-supervision scale
         (full resolution first), or None without the uni-modal decoder.
-    distillation_level: index of level L. student_features: e^m_L of the pairs [P, C_L, *S_L];
-    teacher_features: f_L of the pairs' samples, detached [P, C_L, *S_L]; student_tokens /
-    teacher_tokens: the same pooled to tokens [P, T, C_L];
-    cca_projection: Linear_m(e^m_L) [P, C_L, N_L]; maa_output: [P, T, C_L].
+    distillation_level: index of level L. student_features: e^m_L of the pairs [N, C_L, *S_L];
+    teacher_features: f_L of the pairs' samples, detached [N, C_L, *S_L]; student_tokens /
+    teacher_tokens: the same pooled to tokens [N, T, C_L];
+    cca_projection: Linear_m(e^m_L) [N, C_L, N_L]; maa_output: [N, T, C_L].
     """
     modality_features: list[torch.Tensor] = field(default_factory=list)
     fused_features: list[torch.Tensor] = field(default_factory=list)
@@ -85,6 +98,24 @@ class DMAFFeatures:
     cca_projection: torch.Tensor | None = None
     maa_output: torch.Tensor | None = None
     pair_index_host: torch.Tensor | None = None
+
+    def present_pairs(self, modality_mask_host: torch.Tensor) -> "DMAFFeatures":
+        """The same features restricted to the present pairs (rows of ``modality_mask_host``, bool
+        [B, M] on the CPU, in row-major order): P rows instead of B*M. The row indices are computed
+        on the CPU, so this costs no host-device synchronisation."""
+        rows_host = torch.nonzero(modality_mask_host.flatten(), as_tuple=False).flatten()
+        device = self.pair_index.device
+        rows = rows_host.to(device, non_blocking=True)
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.index_select(0, rows)
+
+        return DMAFFeatures(self.modality_features, self.fused_features, self.attention_maps, self.modality_mask,
+                            pick(self.pair_index),
+                            None if self.unimodal_logits is None else [pick(u) for u in self.unimodal_logits],
+                            self.distillation_level, pick(self.student_features), pick(self.teacher_features),
+                            pick(self.student_tokens), pick(self.teacher_tokens), pick(self.cca_projection),
+                            pick(self.maa_output), self.pair_index_host.index_select(0, rows_host))
 
 
 def default_modality_width_factor(num_modalities: int) -> float:
@@ -119,6 +150,10 @@ class DMAFNet(nn.Module):
         distillation_grid: at most this many token cells per axis at level L (MAA / prototypes).
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
+        activation_checkpointing: in training, recompute each level's fusion + projection and the
+            uni-modal decoder in backward instead of storing their activations (the training step
+            then holds about as much activation memory as nnU-Net's U-Net; see
+            :meth:`compute_conv_feature_map_size`). Results are identical either way.
     """
 
     def __init__(self, input_channels: int, num_classes: int, n_stages: int,
@@ -134,7 +169,8 @@ class DMAFNet(nn.Module):
                  encoder_type: str = "plain", modality_width_factor: float | None = None,
                  fusion_mode: str = "attention", fusion_num_layers: int = 4, fusion_num_heads: int = 4,
                  fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
-                 fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True, distillation_level: int = -1, distillation_grid: int = 8,
+                 fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True,
+                 distillation_level: int = -1, distillation_grid: int = 8, activation_checkpointing: bool = True,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -160,24 +196,25 @@ class DMAFNet(nn.Module):
             raise ValueError(f"modality_width_factor must be in (0, 4], got {width}")
         self.modality_features_per_stage = [max(8, int(round(f * width))) for f in features_per_stage]
 
+        # the M modality encoders: one encoder with modality-grouped convolutions (grouped_conv.py)
+        grouped = modality_grouped_conv(conv_op, input_channels)
+        widths = [input_channels * c for c in self.modality_features_per_stage]
         common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
                       dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
                       nonlin_kwargs=nonlin_kwargs, return_skips=True)
-        encoders = []
-        for _ in range(input_channels):
-            if encoder_type == "plain":
-                if n_conv_per_stage is None:
-                    raise ValueError("encoder_type 'plain' needs n_conv_per_stage (from the plans)")
-                encoders.append(PlainConvEncoder(1, n_stages, self.modality_features_per_stage, conv_op,
-                                                 kernel_sizes, strides, n_conv_per_stage, **common))
-            elif encoder_type == "residual":
-                if n_blocks_per_stage is None:
-                    raise ValueError("encoder_type 'residual' needs n_blocks_per_stage (from the plans)")
-                encoders.append(ResidualEncoder(1, n_stages, self.modality_features_per_stage, conv_op,
-                                                kernel_sizes, strides, n_blocks_per_stage, **common))
-            else:
-                raise ValueError(f"encoder_type must be 'plain' or 'residual', got {encoder_type!r}")
-        self.encoders = nn.ModuleList(encoders)
+        if encoder_type == "plain":
+            if n_conv_per_stage is None:
+                raise ValueError("encoder_type 'plain' needs n_conv_per_stage (from the plans)")
+            self.encoder = PlainConvEncoder(input_channels, n_stages, widths, grouped, kernel_sizes, strides,
+                                            n_conv_per_stage, **common)
+        elif encoder_type == "residual":
+            if n_blocks_per_stage is None:
+                raise ValueError("encoder_type 'residual' needs n_blocks_per_stage (from the plans)")
+            self.encoder = ResidualEncoder(input_channels, n_stages, widths, grouped, kernel_sizes, strides,
+                                           n_blocks_per_stage, **common)
+        else:
+            raise ValueError(f"encoder_type must be 'plain' or 'residual', got {encoder_type!r}")
+        self.activation_checkpointing = activation_checkpointing
 
         self.fusions = nn.ModuleList([
             DMAFFusion(input_channels, c, conv_op, fusion_num_layers, fusion_num_heads, fusion_token_grid,
@@ -188,8 +225,7 @@ class DMAFNet(nn.Module):
                                 nonlin, nonlin_kwargs)
             for c_mod, c_out in zip(self.modality_features_per_stage, features_per_stage)])
 
-        reference = self.encoders[0]
-        spec = dict(strides=reference.strides, kernel_sizes=reference.kernel_sizes, conv_op=conv_op,
+        spec = dict(strides=self.encoder.strides, kernel_sizes=self.encoder.kernel_sizes, conv_op=conv_op,
                     conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
                     dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs)
         self.decoder = UNetDecoder(DecoderSpec(list(features_per_stage), **spec), num_classes,
@@ -217,10 +253,11 @@ class DMAFNet(nn.Module):
         self.inference_modality_mask = mask
 
     def check_inputs(self, x: torch.Tensor, modality_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validates x / modality_mask and returns the bool mask [B, M] to use, ON THE CPU.
+        """Validates x / modality_mask and returns the bool mask [B, M] to use, on x's device.
 
-        A mask given on the CPU (as nnU-Net's data loader delivers it) costs no host-device
-        synchronisation; a device mask, or one inferred from all-zero channels, costs one copy."""
+        Nothing here reads the mask's values on the host, except the check that every sample keeps a
+        modality, which runs only on a CPU mask (as nnU-Net's data loader delivers it) and never
+        under torch.compile: no host-device synchronisation, no graph break."""
         expected_ndim = 2 + self.spatial_dims
         if x.ndim != expected_ndim:
             raise ValueError(f"DMAFNet ({self.spatial_dims}D) expects input of shape [B, M, {'D, ' if self.spatial_dims == 3 else ''}H, W] "
@@ -232,62 +269,64 @@ class DMAFNet(nn.Module):
             fixed = self.inference_modality_mask  # [M] for every sample, or [B, M]
             modality_mask = fixed.unsqueeze(0).expand(x.shape[0], -1) if fixed.ndim == 1 else fixed
         if modality_mask is None:
-            return infer_modality_mask(x).cpu()
+            return infer_modality_mask(x)
         if tuple(modality_mask.shape) != (x.shape[0], self.num_modalities):
             raise ValueError(f"modality_mask must have shape [B, M] = [{x.shape[0]}, {self.num_modalities}], "
                              f"got {tuple(modality_mask.shape)}")
-        mask = modality_mask.to(device="cpu", dtype=torch.bool)
-        if not bool(mask.any(1).all()):
+        if modality_mask.device.type == "cpu" and not torch.compiler.is_compiling() \
+                and not bool(modality_mask.bool().any(1).all()):
             raise ValueError("modality_mask marks every modality of a sample as missing; at least one must be present")
-        return mask
+        return modality_mask.to(device=x.device, dtype=torch.bool, non_blocking=True)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        """Runs each modality encoder on the samples that have that modality (mask: bool [B, M] on
-        the CPU). Returns per stage [B, M, C_s, *S_s] (zeros for missing modality/sample pairs)."""
-        batch = x.shape[0]
-        outputs: list[list[torch.Tensor] | None] = [None] * self.num_modalities
-        for m, encoder in enumerate(self.encoders):
-            rows = torch.nonzero(mask[:, m], as_tuple=False).flatten()
-            if rows.numel() == 0:
-                continue  # missing in the whole batch: no compute, no gradient
-            if rows.numel() == batch:
-                outputs[m] = encoder(x[:, m:m + 1])
-                continue
-            rows = rows.to(x.device, non_blocking=True)
-            skips = encoder(x[rows, m:m + 1])
-            outputs[m] = [f.new_zeros((batch,) + f.shape[1:]).index_copy(0, rows, f) for f in skips]
-        reference = next(o for o in outputs if o is not None)  # check_inputs guarantees one
-        return [torch.stack([o[s] if o is not None else torch.zeros_like(ref) for o in outputs], 1)
-                for s, ref in enumerate(reference)]
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """All M modality encoders in one pass: [B, M, *S] -> per stage e_s [B, M, C_s, *S_s]."""
+        return [f.unflatten(1, (self.num_modalities, -1)) for f in self.encoder(x)]
+
+    def _checkpointed(self) -> bool:
+        return self.activation_checkpointing and self.training and torch.is_grad_enabled()
+
+    def fuse_level(self, level: int, features: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DMAF at one level: e [B, M, C, *S], mask [B, M] -> (f [B, C, *S], Att_map [B, M, 1 or C,
+        *grid], projected f [B, C_plans, *S])."""
+        fused, maps = self.fusions[level](features, mask)
+        return fused, maps, self.fusion_projections[level](fused)
 
     def fuse(self, modality_features: list[torch.Tensor], mask: torch.Tensor
-             ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """DMAF at every level: (f_l [B, C_l, *S_l], Att_map [B, M, 1 or C_l, *grid]) per level."""
-        fused, maps = [], []
-        for fusion, feats in zip(self.fusions, modality_features):
-            f, a = fusion(feats, mask)
-            fused.append(f)
-            maps.append(a)
-        return fused, maps
+             ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Every level: (f_l, Att_map_l, projected f_l) lists (see :meth:`fuse_level`)."""
+        outputs = [checkpoint(self.fuse_level, level, feats, mask, use_reentrant=False) if self._checkpointed()
+                   else self.fuse_level(level, feats, mask)
+                   for level, feats in enumerate(modality_features)]
+        return [o[0] for o in outputs], [o[1] for o in outputs], [o[2] for o in outputs]
+
+    def run_unimodal_decoder(self, pair_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Shared uni-modal decoder on (sample, modality) pairs: per level [N, C_l, *S_l] -> logits
+        [N, K, *S] per deep-supervision scale."""
+        if self._checkpointed():
+            logits = checkpoint(self.unimodal_decoder, pair_features, use_reentrant=False)
+        else:
+            logits = self.unimodal_decoder(pair_features)
+        return list(logits) if isinstance(logits, (list, tuple)) else [logits]
 
     def training_features(self, modality_features: list[torch.Tensor], fused: list[torch.Tensor],
                           maps: list[torch.Tensor], mask: torch.Tensor) -> DMAFFeatures:
-        """Runs the shared uni-modal decoder on the present pairs and the distillation heads at L."""
-        pairs_host = torch.nonzero(mask, as_tuple=False)  # [P, 2] (sample, modality), CPU
-        pairs = pairs_host.to(fused[0].device, non_blocking=True)
-        b_idx, m_idx = pairs[:, 0], pairs[:, 1]
-        unimodal = None
-        if self.unimodal_decoder is not None:
-            unimodal = self.unimodal_decoder([f[b_idx, m_idx] for f in modality_features])
-            unimodal = list(unimodal) if isinstance(unimodal, (list, tuple)) else [unimodal]
+        """Runs the shared uni-modal decoder and the distillation heads at L on all B*M pairs (row
+        b*M + m); static shapes, whatever the mask."""
+        b, m = mask.shape
+        pairs = torch.stack(torch.meshgrid(torch.arange(b), torch.arange(m), indexing="ij"), -1).flatten(0, 1)
+        pair_features = [f.flatten(0, 1) for f in modality_features]  # [B*M, C_l, *S_l]
+        unimodal = self.run_unimodal_decoder(pair_features) if self.unimodal_decoder is not None else None
         level = self.distillation_level
-        e_l = modality_features[level][b_idx, m_idx]  # [P, C, *S]
-        f_l = fused[level].detach()[b_idx]  # teacher: the sample's fused feature
+        e_l = pair_features[level]  # [B*M, C, *S]
+        f_l = fused[level].detach().repeat_interleave(m, 0)  # teacher: the sample's fused feature
         student_tokens = level_tokens(e_l, self.distillation_grid)
         teacher_tokens = level_tokens(f_l, self.distillation_grid)
-        return DMAFFeatures(modality_features, fused, maps, mask, pairs, unimodal, level, e_l, f_l,
-                            student_tokens, teacher_tokens, self.cca_projection(e_l.flatten(2), m_idx),
-                            self.attention_alignment(student_tokens, teacher_tokens), pairs_host)
+        modality_ids = torch.arange(m, device=e_l.device).repeat(b)
+        return DMAFFeatures(modality_features, fused, maps, mask, pairs.to(e_l.device, non_blocking=True), unimodal,
+                            level, e_l, f_l, student_tokens, teacher_tokens,
+                            self.cca_projection(e_l.flatten(2), modality_ids),
+                            self.attention_alignment(student_tokens, teacher_tokens), pairs)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,
                 return_features: bool = False):
@@ -301,13 +340,39 @@ class DMAFNet(nn.Module):
             fusion-decoder logits [B, K, *S] (list of scales with deep supervision), and the features
             if requested.
         """
-        mask = self.check_inputs(x, modality_mask)  # CPU
-        modality_features = self.encode(x, mask)
-        fused, maps = self.fuse(modality_features, mask.to(x.device, non_blocking=True))
-        output = self.decoder([p(f) for p, f in zip(self.fusion_projections, fused)])
+        mask = self.check_inputs(x, modality_mask)
+        modality_features = self.encode(x)
+        fused, maps, projected = self.fuse(modality_features, mask)
+        output = self.decoder(projected)
         if return_features:
             return output, self.training_features(modality_features, fused, maps, mask)
         return output
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Feature-map elements one sample holds for backward, in the units of dynamic-network-
+        architectures' U-Nets (nnU-Net's planner compares this with its reference budget; see
+        planning.py). Counts the modality encoders, the fusion decoder and the projections, and the
+        uni-modal decoder: its activations, or with activation checkpointing only its outputs
+        (one K-channel map per modality and scale), plus the full-resolution fusion maps without it."""
+        size = list(input_size)
+        level_sizes = []
+        for stride in self.encoder.strides:
+            size = [i // j for i, j in zip(size, stride)]
+            level_sizes.append(size)
+        total = self.encoder.compute_conv_feature_map_size(input_size) + \
+            self.decoder.compute_conv_feature_map_size(input_size)
+        for projection, level_size in zip(self.fusion_projections, level_sizes):
+            total += projection.compute_conv_feature_map_size(level_size)
+        if self.unimodal_decoder is not None:
+            if self.activation_checkpointing:
+                scales = level_sizes[:-1] if self.unimodal_decoder.deep_supervision else level_sizes[:1]
+                total += self.num_modalities * self.num_classes * sum(int(np.prod(s)) for s in scales)
+            else:
+                total += self.num_modalities * self.unimodal_decoder.compute_conv_feature_map_size(input_size)
+        if not self.activation_checkpointing:
+            total += sum(self.num_modalities * c * int(np.prod(s))
+                         for c, s in zip(self.modality_features_per_stage, level_sizes))
+        return np.int64(total)
 
 
 def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],

@@ -200,15 +200,20 @@ class DynamicTrainingMonitor:
         """Loss weights [M] as a tensor (host -> device copy, no sync)."""
         return torch.as_tensor(self.loss_weights, dtype=dtype).to(device, non_blocking=True)
 
-    def scale_encoder_gradients(self, encoders: Sequence[nn.Module]) -> None:
-        """Multiplies the gradients of ``encoders[m]`` by k_m (call after backward, before clipping)."""
-        if len(encoders) != len(self.grad_scales):
-            raise ValueError(f"{len(encoders)} encoders but {len(self.grad_scales)} gradient scales")
-        for encoder, scale in zip(encoders, self.grad_scales):
-            if scale != 1.0:
-                grads = [p.grad for p in encoder.parameters() if p.grad is not None]
-                if grads:
-                    torch._foreach_mul_(grads, float(scale))
+    def scale_encoder_gradients(self, encoder: nn.Module) -> None:
+        """Multiplies the gradients of modality m's part of ``encoder`` by k_m (call after backward,
+        before clipping). ``encoder`` holds the M modality encoders as modality groups (DMAFNet's
+        grouped encoder): dimension 0 of every parameter is M equal blocks, block m = modality m."""
+        if all(scale == 1.0 for scale in self.grad_scales):
+            return
+        m = len(self.grad_scales)
+        scales = torch.as_tensor(np.asarray(self.grad_scales, dtype=np.float32))
+        for name, p in encoder.named_parameters():
+            if p.grad is None:
+                continue
+            if p.shape[0] % m:
+                raise ValueError(f"encoder parameter {name} {tuple(p.shape)} does not split into {m} modality groups")
+            p.grad.view(m, -1).mul_(scales.to(p.grad.device, p.grad.dtype, non_blocking=True)[:, None])
 
     def summary(self) -> dict[str, Any]:
         """Current state for logging: weights, last gaps, gradient scales, smoothed speeds."""

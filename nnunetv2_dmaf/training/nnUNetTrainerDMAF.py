@@ -105,7 +105,8 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
 
     def compute_losses(self, output, features: DMAFFeatures, target, present_modalities: torch.Tensor
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and its terms. present_modalities: bool [M] (CPU), modalities in the batch.
+        """Total loss and its terms. features: restricted to the present pairs
+        (:meth:`DMAFFeatures.present_pairs`); present_modalities: bool [M] (CPU), modalities in the batch.
 
         Terms: 'segmentation' (fused output, scalar), per modality [M] (0 where absent):
         'unimodal' and each of LOSS_NAMES; 'pair_gap' [P] and 'pair_signal' [P] for DTM."""
@@ -158,20 +159,19 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output, features = self.network(data, modality_mask=modality_mask, return_features=True)  # CPU mask
+            features = features.present_pairs(modality_mask)
             loss, terms = self.compute_losses(output, features, target, present_modalities)
-            if self.is_ddp:
-                loss = loss + self._unused_encoder_anchor(present_modalities)
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            self.dtm.scale_encoder_gradients(self.dmaf_network.encoders)
+            self.dtm.scale_encoder_gradients(self.dmaf_network.encoder)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            self.dtm.scale_encoder_gradients(self.dmaf_network.encoders)
+            self.dtm.scale_encoder_gradients(self.dmaf_network.encoder)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
 
@@ -179,12 +179,6 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         gap = terms.get("pair_gap")
         self.dtm.record(gap, terms.get("pair_signal", gap), pair_modality)
         return {"loss": terms["segmentation"].detach().cpu().numpy()}
-
-    def _unused_encoder_anchor(self, present_modalities: torch.Tensor) -> torch.Tensor | float:
-        """DDP (without find_unused_parameters) needs a gradient for every parameter: encoders of
-        modalities missing in the whole local batch get an exact zero one."""
-        missing = torch.nonzero(~present_modalities).flatten().tolist()
-        return sum((p.sum() * 0.0 for m in missing for p in self.dmaf_network.encoders[m].parameters()), 0.0)
 
     def validation_step(self, batch: dict) -> dict:
         """nnU-Net's validation step; the network uses the batch's modality mask (the configured
