@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     def dmaf_step(mask: torch.Tensor):
         def step():
             out, features = dmaf(x, mask, return_features=True)
+            features = features.present_pairs(mask)
             targets = [torch.ones(args.batch, outputs, *o.shape[2:], dtype=torch.bool) for o in out]
             terms = distill(features, targets)
             return sum(o.float().mean() for o in out) + sum(u.float().mean() for u in features.unimodal_logits) \

@@ -11,8 +11,8 @@ import pytest
 from command_exit import exit_status
 import SimpleITK as sitk
 
-from dataset_conversion import convert_brats
-from dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion import convert_brats
+from nnunetv2_dmaf.dataset_conversion._common import ConversionError
 
 SHAPE = (6, 7, 8)  # numpy order (z, y, x)
 SPACING = (0.9, 1.1, 1.3)

@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 from command_exit import exit_status
 
-from dataset_conversion import import_imbalanced_split as imp
-from dataset_conversion import published_protocol as protocol
+from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
+from nnunetv2_dmaf.dataset_conversion import published_protocol as protocol
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 from test_import_imbalanced_split import NNUNET_ORDER, make_dataset
 
@@ -86,7 +86,7 @@ def test_sigterm_during_conversion_leaves_nothing_and_leftovers_are_removed(tmp_
         brats_case(data / f"BraTS20_Training_{i:03d}", f"BraTS20_Training_{i:03d}")
     root = tmp_path / "raw"
     root.mkdir()
-    command = [sys.executable, "-c", "from dataset_conversion.convert_brats import main; main()",
+    command = [sys.executable, "-c", "from nnunetv2_dmaf.dataset_conversion.convert_brats import main; main()",
                "-i", str(data), "-y", "2020", "--output-root", str(root), "-np", "1"]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     deadline = time.time() + 120

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from command_exit import exit_status
 
-from dataset_conversion import import_imbalanced_split as imp
-from dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
+from nnunetv2_dmaf.dataset_conversion._common import ConversionError
 from nnunetv2_dmaf.availability import (AVAILABILITY_FILENAME, AvailabilityTableError, read_availability_table,
                                         write_availability_table)
 

@@ -13,9 +13,9 @@ import pytest
 import SimpleITK as sitk
 from command_exit import exit_status
 
-from dataset_conversion import convert_myops2020 as myops
-from dataset_conversion import published_protocol as protocol
-from dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion import convert_myops2020 as myops
+from nnunetv2_dmaf.dataset_conversion import published_protocol as protocol
+from nnunetv2_dmaf.dataset_conversion._common import ConversionError
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -186,7 +186,7 @@ def test_msd_task01_channel_names_work_with_rates_tables_and_et(tmp_path):
     import os
     import subprocess
 
-    from dataset_conversion import import_imbalanced_split as imp
+    from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
     from nnunetv2_dmaf.evaluation.subset_evaluation import evaluation_regions
     from nnunetv2_dmaf.training.modality_dropout import parse_missing_rates
 

@@ -343,35 +343,41 @@ class DMAFNet(nn.Module):
         mask = self.check_inputs(x, modality_mask)
         modality_features = self.encode(x)
         fused, maps, projected = self.fuse(modality_features, mask)
+        # training: the uni-modal decoder runs BEFORE the fusion decoder, so that backward (newest
+        # nodes first) frees the fusion decoder's activations before it recomputes the uni-modal one
+        features = self.training_features(modality_features, fused, maps, mask) if return_features else None
         output = self.decoder(projected)
-        if return_features:
-            return output, self.training_features(modality_features, fused, maps, mask)
-        return output
+        return (output, features) if return_features else output
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
-        """Feature-map elements one sample holds for backward, in the units of dynamic-network-
+        """Feature-map elements one training sample needs at the peak, in the units of dynamic-network-
         architectures' U-Nets (nnU-Net's planner compares this with its reference budget; see
-        planning.py). Counts the modality encoders, the fusion decoder and the projections, and the
-        uni-modal decoder: its activations, or with activation checkpointing only its outputs
-        (one K-channel map per modality and scale), plus the full-resolution fusion maps without it."""
+        nnunetv2_dmaf.experiment_planning).
+
+        The modality encoders and the projections are held throughout. With activation checkpointing
+        the fusion decoder's activations and, later in backward, the recomputed uni-modal decoder's
+        (one pass over the M pairs of the sample) are not held at the same time, so the larger of
+        the two counts, plus the uni-modal outputs (K channels per modality and scale). Without it
+        both decoders and the full-resolution fusion maps count."""
         size = list(input_size)
         level_sizes = []
         for stride in self.encoder.strides:
             size = [i // j for i, j in zip(size, stride)]
             level_sizes.append(size)
-        total = self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-        for projection, level_size in zip(self.fusion_projections, level_sizes):
-            total += projection.compute_conv_feature_map_size(level_size)
-        if self.unimodal_decoder is not None:
-            if self.activation_checkpointing:
+        total = int(self.encoder.compute_conv_feature_map_size(input_size))
+        total += sum(int(projection.compute_conv_feature_map_size(level_size))
+                     for projection, level_size in zip(self.fusion_projections, level_sizes))
+        fusion_decoder = int(self.decoder.compute_conv_feature_map_size(input_size))
+        unimodal = 0 if self.unimodal_decoder is None else \
+            self.num_modalities * int(self.unimodal_decoder.compute_conv_feature_map_size(input_size))
+        if self.activation_checkpointing:
+            total += max(fusion_decoder, unimodal)
+            if self.unimodal_decoder is not None:
                 scales = level_sizes[:-1] if self.unimodal_decoder.deep_supervision else level_sizes[:1]
                 total += self.num_modalities * self.num_classes * sum(int(np.prod(s)) for s in scales)
-            else:
-                total += self.num_modalities * self.unimodal_decoder.compute_conv_feature_map_size(input_size)
-        if not self.activation_checkpointing:
-            total += sum(self.num_modalities * c * int(np.prod(s))
-                         for c, s in zip(self.modality_features_per_stage, level_sizes))
+        else:
+            total += fusion_decoder + unimodal + sum(self.num_modalities * c * int(np.prod(s))
+                                                     for c, s in zip(self.modality_features_per_stage, level_sizes))
         return np.int64(total)
 
 

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from dataset_conversion._common import ConversionError, check_nifti_complete
+from nnunetv2_dmaf.dataset_conversion._common import ConversionError, check_nifti_complete
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
@@ -58,7 +58,7 @@ from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_ca
 from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
                                                 subset_name)
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
-from dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded

@@ -33,11 +33,11 @@ from typing import Sequence
 
 import numpy as np
 
-from dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError,
+from nnunetv2_dmaf.dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError,
                                         ConversionUsageError, add_output_arguments, add_processes_argument,
                                         check_output_target, convert_label_folder, dataset_folder, format_list,
                                         output_root, remap_labels, write_dataset)
-from dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: (file suffix, nnU-Net channel name) in nnU-Net channel order

@@ -30,12 +30,12 @@ from typing import Sequence
 
 import numpy as np
 
-from dataset_conversion._common import ConversionError, ConversionUsageError, format_list, output_root
+from nnunetv2_dmaf.dataset_conversion._common import ConversionError, ConversionUsageError, format_list, output_root
 from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
 from nnunetv2_dmaf.csv_input import read_csv_rows
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
                                                         MYOPS_TABLE_MODALITIES, table_modality_index)
-from dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: mask order of the published BraTS tables
