@@ -5,9 +5,15 @@ loader, data loading excluded; wall time and the process's CPU time, which a bus
 less), peak memory during training, and sliding-window-free inference time
 on one patch (DMAF with all modalities and with one), then the DMAF/baseline ratios.
 
-Usage (CPU, about 3-6 minutes with the defaults; on a GPU pass ``--device cuda``)::
+Usage (CPU, about 3-6 minutes with the defaults)::
 
     python benchmarks/training_cost.py [--work-dir DIR] [--shape 64 64 64] [--iterations 10]
+
+On a GPU, at BraTS size (nnU-Net plans a 3d_fullres patch of about 128^3 for a 240x240x155 dataset;
+fingerprinting it takes about 5 GB of host memory), with nnU-Net's default torch.compile: the warm-up
+iterations include the compilation, the timed ones run the compiled step::
+
+    python benchmarks/training_cost.py --device cuda --shape 155 240 240 --num-cases 4 --warmup 5 --iterations 30
 
 It generates the demo dataset (nnunetv2_dmaf.demo_data) in ``--work-dir`` and runs nnU-Net's
 planning and preprocessing once (kept for later runs). Each trainer is measured in its own fresh
@@ -128,7 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--trainers", nargs=2, default=("nnUNetTrainer", "nnUNetTrainerDMAF"),
                         metavar=("BASELINE", "DMAF"))
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="torch.compile of both networks on CUDA (auto: nnU-Net's default, on); nnU-Net never compiles on CPU")
     args = parser.parse_args(argv)
+    if args.compile != "auto":
+        os.environ["nnUNet_compile"] = "true" if args.compile == "on" else "false"
     _prepare(args.work_dir.resolve(), tuple(args.shape), args.num_cases)
     if args.device == "cpu":
         os.environ["nnUNet_n_proc_DA"] = "0"  # after planning: nnU-Net's planner crashes with 0
@@ -145,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"measuring {name} failed (exit code {process.exitcode})")
 
     base, dmaf = results
+    compiled = "off (nnU-Net never compiles on CPU)" if args.device == "cpu" else os.environ.get("nnUNet_compile", "true")
     print(f"\nplans: {CONFIGURATION}, patch {base['patch']}, batch size {base['batch_size']}, device {args.device}, "
-          f"{args.iterations} timed iterations after {args.warmup} warm-up")
+          f"torch.compile {compiled}, {args.iterations} timed iterations after {args.warmup} warm-up")
     print(f"{'trainer':<24}{'params (M)':>12}{'s / iter':>10}{'CPU s / iter':>14}{'peak MB':>10}{'infer all (s)':>15}"
           f"{'infer 1 mod (s)':>17}")
     for r in results:
