@@ -2,7 +2,8 @@
 from nnunetv2_dmaf.training.baselines import nnUNetTrainerChannelDropout  # noqa: F401
 from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetTrainerDMAF_meanFusion,  # noqa: F401
                                                       nnUNetTrainerDMAF_noDistill, nnUNetTrainerDMAF_noDTM,
-                                                      nnUNetTrainerDMAF_noUniDecoder, nnUNetTrainerDMAF_subsetSampling,
+                                                      nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noUniDecoder,
+                                                      nnUNetTrainerDMAF_subsetSampling,
                                                       nnUNetTrainerDMAF_tiny)
 from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import (nnUNetTrainerZeroFilled,  # noqa: F401
                                                             nnUNetTrainerZeroFilled_tiny)
