@@ -8,9 +8,10 @@ Runs, and prints the duration of, each step:
 3. ``nnUNetv2_find_best_configuration`` over the configurations (cross-validation Dice of each, of
    their ensemble, and the post-processing it chooses);
 4. ``nnUNetv2_predict`` of the test images with every configuration (``--save_probabilities``),
-   ``nnUNetv2_ensemble`` of the predictions and ``nnUNetv2_apply_postprocessing`` with the chosen
-   post-processing, as the instructions find_best_configuration writes say;
-5. ``nnUNetv2_evaluate_folder`` of the post-processed ensemble against the test labels.
+   ``nnUNetv2_ensemble`` of the predictions, and ``nnUNetv2_apply_postprocessing`` of the chosen
+   model's (or ensemble's) predictions with the post-processing chosen for it, as the instructions
+   find_best_configuration writes say;
+5. ``nnUNetv2_evaluate_folder`` of the ensemble and of the post-processed choice on the test labels.
 
 Usage (CPU, about 15-30 minutes with the tiny trainer; not a test)::
 
@@ -83,11 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     print("  " + "\n  ".join(line for line in out.splitlines() if "Dice" in line or "best" in line.lower())[:2000])
     info = json.loads((results / "inference_information.json").read_text())
     best = info["best_model_or_ensemble"]
-    print(f"  cross-validation Dice: " + ", ".join(f"{k}: {v['result']:.4f}"
-                                                    for k, v in info["single_model_results"].items()))
-    for k, v in info.get("ensemble_results", {}).items():
-        print(f"  ensemble {k}: {v:.4f}" if isinstance(v, (int, float)) else f"  ensemble {k}: {v}")
-    print(f"  chosen: {best['selected_model_or_models']}; post-processing {best['postprocessing_file']}")
+    for name, dice in info["all_results"].items():
+        print(f"  cross-validation Dice {name}: {dice:.4f}")
+    chosen = [m["configuration"] for m in best["selected_model_or_models"]]
+    print(f"  chosen: {' + '.join(chosen)} (Dice {best['result_on_crossval_pre_pp']:.4f}, after its "
+          f"post-processing {best['result_on_crossval_post_pp']:.4f})")
 
     print("4. prediction of the test cases, ensembling, post-processing", flush=True)
     predictions = []
@@ -100,17 +101,19 @@ def main(argv: list[str] | None = None) -> None:
         predictions.append(str(folder))
     ensemble = work / "test_predictions" / "ensemble"
     run("nnUNetv2_ensemble", ["nnUNetv2_ensemble", "-i", *predictions, "-o", str(ensemble), "-np", "1"], env)
-    postprocessed = work / "test_predictions" / "ensemble_postprocessed"
-    run("nnUNetv2_apply_postprocessing",
-        ["nnUNetv2_apply_postprocessing", "-i", str(ensemble), "-o", str(postprocessed), "-pp_pkl_file",
+    selected = ensemble if len(chosen) > 1 else work / "test_predictions" / chosen[0]
+    postprocessed = work / "test_predictions" / "selected_postprocessed"
+    run(f"nnUNetv2_apply_postprocessing ({' + '.join(chosen)})",
+        ["nnUNetv2_apply_postprocessing", "-i", str(selected), "-o", str(postprocessed), "-pp_pkl_file",
          best["postprocessing_file"], "-np", "1", "-plans_json", best["some_plans_file"]], env)
 
-    print("5. evaluation of the post-processed ensemble on the test labels", flush=True)
-    run("nnUNetv2_evaluate_folder",
-        ["nnUNetv2_evaluate_folder", str(work / "raw" / DATASET / "labelsTs"), str(postprocessed), "-djfile",
-         str(work / "raw" / DATASET / "dataset.json"), "-pfile", best["some_plans_file"], "-np", "1"], env)
-    summary = json.loads((postprocessed / "summary.json").read_text())
-    print("  test Dice per region: " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
+    print("5. evaluation on the test labels", flush=True)
+    for label, folder in (("ensemble", ensemble), (f"{' + '.join(chosen)}, post-processed", postprocessed)):
+        run(f"nnUNetv2_evaluate_folder ({label})",
+            ["nnUNetv2_evaluate_folder", str(work / "raw" / DATASET / "labelsTs"), str(folder), "-djfile",
+             str(work / "raw" / DATASET / "dataset.json"), "-pfile", best["some_plans_file"], "-np", "1"], env)
+        summary = json.loads((folder / "summary.json").read_text())
+        print(f"  test Dice {label}: " + ", ".join(f"{k}: {v['Dice']:.4f}" for k, v in summary["mean"].items()))
     print(f"pipeline finished in {(time.perf_counter() - total) / 60:.1f} min")
 
 
