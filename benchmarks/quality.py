@@ -44,8 +44,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout: the benchmark uses this checkout's helpers
 
-from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (TABLE_MODALITIES, read_split_table,  # noqa: E402
-                                                        table_to_channel_index)
+from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (  # noqa: E402
+    TABLE_MODALITIES, read_split_table, table_to_channel_index)
 from nnunetv2_dmaf.atomic_files import write_text_atomic  # noqa: E402
 from nnunetv2_dmaf.availability import availability_table_path, write_availability_table  # noqa: E402
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main  # noqa: E402

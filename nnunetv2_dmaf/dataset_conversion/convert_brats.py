@@ -33,10 +33,10 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion._common import (DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError,
-                                        ConversionUsageError, add_output_arguments, add_processes_argument,
-                                        check_output_target, convert_label_folder, dataset_folder, format_list,
-                                        output_root, remap_labels, write_dataset)
+from nnunetv2_dmaf.dataset_conversion._common import (
+    DEFAULT_GEOMETRY_TOLERANCE, CaseFiles, ConversionError, ConversionUsageError, add_output_arguments,
+    add_processes_argument, check_output_target, convert_label_folder, dataset_folder, format_list,
+    output_root, remap_labels, write_dataset)
 from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 

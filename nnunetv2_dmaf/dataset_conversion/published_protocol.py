@@ -35,9 +35,9 @@ from typing import Sequence
 import numpy as np
 
 from nnunetv2_dmaf.dataset_conversion._common import ConversionError, ConversionUsageError, format_list
-from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (case_id_from_data_name, dataset_channels_and_cases,
-                                                        masks_in_channel_order, read_split_table,
-                                                        resolve_dataset_folder)
+from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (
+    case_id_from_data_name, dataset_channels_and_cases, masks_in_channel_order, read_split_table,
+    resolve_dataset_folder)
 from nnunetv2_dmaf.atomic_files import write_text_atomic
 from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
                                         write_availability_table)
