@@ -259,8 +259,9 @@ def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int)
     out = work_dir / "evaluation" / f"seed_{seed}" / trainer
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = work_dir / "raw" / DATASET
-    run_quiet(["nnUNetv2_dmaf_evaluate_subsets", "-i", str(raw / "imagesTs"), "-l", str(raw / "labelsTs"),
-               "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
+    # the same interpreter as the trainings (not whichever nnUNetv2_dmaf_evaluate_subsets is first on PATH)
+    run_quiet([sys.executable, "-m", "nnunetv2_dmaf.evaluation.subset_evaluation", "-i", str(raw / "imagesTs"),
+               "-l", str(raw / "labelsTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
                "-chk", "checkpoint_final.pth", "--disable_tta", "-device", device, "--overwrite",
                "--disable_progress_bar"], nnunet_env(work_dir, seed, threads=threads), work_dir / "logs" / f"eval_{trainer}_seed{seed}.log")
     return out / "summary.json"
