@@ -10,7 +10,7 @@ Usage (same options as nnUNetv2_predict, plus ``--missing`` and ``--overwrite``)
   declares channels missing for every case, even where their files exist.
 * A missing channel is filled with zeros (the present channels' geometry), the case goes through
   nnU-Net's own preprocessing, the missing channels are zeroed again after normalisation, and the
-  network gets the explicit modality mask (its encoders for missing channels are not run). The
+  network gets the explicit modality mask (the fusion gives missing channels zero weight). The
   output files are those of nnUNetv2_predict (``CASE<ending>``, same geometry; ``.npz``/``.pkl``
   with ``--save_probabilities``).
 * Every input file is verified before use (:mod:`nnunetv2_dmaf.inference.cases`): a case with bad
