@@ -27,9 +27,8 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
 """
 from __future__ import annotations
 
-import math
 import pydoc
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence, Type
 
 import numpy as np
@@ -110,12 +109,12 @@ class DMAFFeatures:
         def pick(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.index_select(0, rows)
 
-        return DMAFFeatures(self.modality_features, self.fused_features, self.attention_maps, self.modality_mask,
-                            pick(self.pair_index),
-                            None if self.unimodal_logits is None else [pick(u) for u in self.unimodal_logits],
-                            self.distillation_level, pick(self.student_features), pick(self.teacher_features),
-                            pick(self.student_tokens), pick(self.teacher_tokens), pick(self.cca_projection),
-                            pick(self.maa_output), self.pair_index_host.index_select(0, rows_host))
+        return replace(self, pair_index=pick(self.pair_index),
+                       unimodal_logits=None if self.unimodal_logits is None else [pick(u) for u in self.unimodal_logits],
+                       student_features=pick(self.student_features), teacher_features=pick(self.teacher_features),
+                       student_tokens=pick(self.student_tokens), teacher_tokens=pick(self.teacher_tokens),
+                       cca_projection=pick(self.cca_projection), maa_output=pick(self.maa_output),
+                       pair_index_host=self.pair_index_host.index_select(0, rows_host))
 
 
 def default_modality_width_factor(num_modalities: int) -> float:
@@ -319,9 +318,10 @@ class DMAFNet(nn.Module):
         unimodal = self.run_unimodal_decoder(pair_features) if self.unimodal_decoder is not None else None
         level = self.distillation_level
         e_l = pair_features[level]  # [B*M, C, *S]
-        f_l = fused[level].detach().repeat_interleave(m, 0)  # teacher: the sample's fused feature
+        teacher = fused[level].detach()  # the sample's fused feature, repeated for its M pairs
+        f_l = teacher.repeat_interleave(m, 0)
         student_tokens = level_tokens(e_l, self.distillation_grid)
-        teacher_tokens = level_tokens(f_l, self.distillation_grid)
+        teacher_tokens = level_tokens(teacher, self.distillation_grid).repeat_interleave(m, 0)
         modality_ids = torch.arange(m, device=e_l.device).repeat(b)
         return DMAFFeatures(modality_features, fused, maps, mask, pairs.to(e_l.device, non_blocking=True), unimodal,
                             level, e_l, f_l, student_tokens, teacher_tokens,

@@ -207,13 +207,17 @@ class DynamicTrainingMonitor:
         if all(scale == 1.0 for scale in self.grad_scales):
             return
         m = len(self.grad_scales)
-        scales = torch.as_tensor(np.asarray(self.grad_scales, dtype=np.float32))
+        scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # one host -> device copy each
         for name, p in encoder.named_parameters():
             if p.grad is None:
                 continue
             if p.shape[0] % m:
                 raise ValueError(f"encoder parameter {name} {tuple(p.shape)} does not split into {m} modality groups")
-            p.grad.view(m, -1).mul_(scales.to(p.grad.device, p.grad.dtype, non_blocking=True)[:, None])
+            key = (p.grad.device, p.grad.dtype)
+            if key not in scales:
+                scales[key] = torch.as_tensor(np.asarray(self.grad_scales), dtype=p.grad.dtype).to(
+                    p.grad.device, non_blocking=True)[:, None]
+            p.grad.view(m, -1).mul_(scales[key])
 
     def summary(self) -> dict[str, Any]:
         """Current state for logging: weights, last gaps, gradient scales, smoothed speeds."""
