@@ -68,6 +68,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF_noUniDecoder": "(c) w/o uni-modal decoder",
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
     "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",
+    "nnUNetTrainerDMAF_singleModalityFusion": "(c) + single-modality fusion",
 }
 BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from nnunetv2_dmaf.demo_data import generate_demo_dataset
 
@@ -72,3 +73,25 @@ def demo_model(tmp_path_factory) -> DemoModel:
     model_folder = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}"
     return DemoModel(root, root / "raw", root / "preprocessed", root / "results", dataset_folder,
                      model_folder, env)
+
+
+@pytest.fixture
+def trainer_factory(demo_model, tmp_path, monkeypatch):
+    """Builds a trainer (default: the tiny DMAF one) in-process for fold 1 (CPU, single-threaded data
+    loading) on the demo model's preprocessed data, with a fresh results dir."""
+    for key, value in nnunet_env(demo_model.root, training=True).items():
+        if key.startswith("nnUNet") or key == "OMP_NUM_THREADS":
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    for key in ("nnUNet_dmaf_missing_rates", "nnUNet_dmaf_availability_table"):
+        monkeypatch.delenv(key, raising=False)
+
+    def make(trainer_name: str = TRAINER, **env: str):
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        from nnunetv2.run.run_training import get_trainer_from_args
+        trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, 1, trainer_name, device=torch.device("cpu"))
+        trainer.print_to_log_file = lambda *a, **k: None
+        return trainer
+
+    return make

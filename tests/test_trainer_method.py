@@ -23,27 +23,6 @@ FOLD = 1
 NAMES = ("T1", "T1ce", "T2", "FLAIR")
 
 
-@pytest.fixture
-def trainer_factory(demo_model, tmp_path, monkeypatch):
-    """Builds the tiny trainer in-process (CPU, single-threaded data loading) with a fresh results dir."""
-    for key, value in nnunet_env(demo_model.root, training=True).items():
-        if key.startswith("nnUNet") or key == "OMP_NUM_THREADS":
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    for key in ("nnUNet_dmaf_missing_rates", "nnUNet_dmaf_availability_table"):
-        monkeypatch.delenv(key, raising=False)
-
-    def make(trainer_name: str = TRAINER, **env: str):
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        from nnunetv2.run.run_training import get_trainer_from_args
-        trainer = get_trainer_from_args(str(DATASET_ID), CONFIGURATION, FOLD, trainer_name, device=torch.device("cpu"))
-        trainer.print_to_log_file = lambda *a, **k: None
-        return trainer
-
-    return make
-
-
 def _case_ids(demo_model) -> list[str]:
     return sorted(p.name[:-len("_0000.nii.gz")] for p in (demo_model.dataset_folder / "imagesTr").glob("*_0000.nii.gz"))
 

@@ -10,7 +10,10 @@ validation under missingness, checkpoint record), all from ONE forward pass per 
   ``unimodal_weight * L_seg(z^m) + sum_k distillation_weights[k] * L^m_k`` with the CCA, MAA and
   prototype terms (:mod:`nnunetv2_dmaf.training.distillation`);
 * DTM (:mod:`nnunetv2_dmaf.training.dtm`): per-modality loss weights from the distillation gaps and
-  per-modality encoder gradient scales from the convergence speeds; state in checkpoints, values logged.
+  per-modality encoder gradient scales from the convergence speeds; state in checkpoints, values logged;
+* optionally (``single_modality_fusion_probability`` > 0), rebalanced single-modality fusion
+  (:mod:`nnunetv2_dmaf.training.fusion_rebalancing`): some samples are fused from one rare modality
+  only, so that the fusion decoder learns to decode it alone.
 
 Every hyperparameter, its default and its origin: docs/training_method.md. Ablation variants at the
 end of this module switch single components off.
@@ -28,6 +31,7 @@ from nnunetv2_dmaf.architecture.dmaf_net import DMAFFeatures, DMAFNet, build_dma
 from nnunetv2_dmaf.training.distillation import (LOSS_NAMES, CrossModalDistillation, DistillationSettings,
                                                  per_modality_mean)
 from nnunetv2_dmaf.training.dtm import DynamicTrainingMonitor, per_sample_soft_dice_loss
+from nnunetv2_dmaf.training.fusion_rebalancing import SingleModalityFusionSampler, presence_frequencies
 from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import TINY_SCHEDULE, nnUNetTrainerZeroFilled
 
 
@@ -52,8 +56,10 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         self.dtm_kwargs = dict(gap_momentum=0.8, shrinkage=50.0, weight_exponent=1.0, weight_bounds=(0.5, 2.0),
                                speed_momentum=0.8, significance=2.0, grad_alpha=1.0, min_grad_scale=0.5,
                                speed_floor=0.01, reweight_losses=True, modulate_gradients=True)
+        self.single_modality_fusion_probability = 0.0
         self.distillation: CrossModalDistillation | None = None  # -> initialize
         self.dtm: DynamicTrainingMonitor | None = None  # -> initialize
+        self.fusion_sampler: SingleModalityFusionSampler | None = None  # -> initialize
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager,
@@ -84,6 +90,8 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                                                    lm.has_regions, lm.has_regions and lm.ignore_label is not None)
         self.dtm = DynamicTrainingMonitor(self.dmaf_dropout_config.channel_names, device=self.device,
                                           **self.dtm_kwargs)
+        self.fusion_sampler = SingleModalityFusionSampler(presence_frequencies(self.dmaf_dropout_config),
+                                                          self.single_modality_fusion_probability)
         self._ensure_dmaf_log_keys()
 
     def on_train_start(self):
@@ -92,6 +100,11 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                                f"{self.dmaf_network.unimodal_decoder is not None}), distillation weights "
                                f"{self.distillation_weights}, fusion {self.dmaf_network.fusions[0].mode}, "
                                f"DTM {self.dtm_kwargs}")
+        if self.single_modality_fusion_probability > 0:
+            weights = self.fusion_sampler.choice_weights
+            self.print_to_log_file(
+                f"DMAF single-modality fusion: p={self.single_modality_fusion_probability}, modality chosen "
+                f"with weights {dict(zip(self.dmaf_dropout_config.channel_names, np.round(weights / weights.sum(), 3).tolist()))}")
 
     # ------------------------------------------------------------------ losses
     def batch_modality_mask(self, batch: dict) -> torch.Tensor:
@@ -103,13 +116,18 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                 "(ChannelPresenceTransform ... ModalityDropoutTransform with DMAFDataLoader)")
         return mask.bool()
 
-    def compute_losses(self, output, features: DMAFFeatures, target, present_modalities: torch.Tensor
+    def compute_losses(self, output, features: DMAFFeatures, target, present_modalities: torch.Tensor,
+                       distillation_features: DMAFFeatures | None = None
                        ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its terms. features: restricted to the present pairs
-        (:meth:`DMAFFeatures.present_pairs`); present_modalities: bool [M] (CPU), modalities in the batch.
+        (:meth:`DMAFFeatures.present_pairs`), for the uni-modal losses; distillation_features: the
+        pairs whose sample's fused feature is a teacher (default: ``features``); present_modalities:
+        bool [M] (CPU), modalities in the batch.
 
         Terms: 'segmentation' (fused output, scalar), per modality [M] (0 where absent):
-        'unimodal' and each of LOSS_NAMES; 'pair_gap' [P] and 'pair_signal' [P] for DTM."""
+        'unimodal' and each of LOSS_NAMES; 'pair_signal' [P] (rows of ``features``) and 'pair_gap'
+        [P'] (rows of ``distillation_features``) for DTM."""
+        distillation_features = features if distillation_features is None else distillation_features
         m_count = features.modality_mask.shape[1]
         pair_modality = features.pair_index[:, 1]
         pair_sample = features.pair_index[:, 0]
@@ -132,12 +150,12 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
             terms["pair_signal"] = per_sample_soft_dice_loss(
                 features.unimodal_logits[low], targets[low][pair_sample],
                 self.label_manager.has_regions, self.label_manager.ignore_label)
-        if self.distillation_enabled:
-            pair_terms = self.distillation(features, target)
+        if self.distillation_enabled and len(distillation_features.pair_index_host):
+            pair_terms = self.distillation(distillation_features, target)
             gap = sum(pair_terms.values())
             terms["pair_gap"] = gap
             for name, values in pair_terms.items():
-                mean = per_modality_mean(values, pair_modality, m_count)
+                mean = per_modality_mean(values, distillation_features.pair_index[:, 1], m_count)
                 terms[name] = mean
                 per_modality = per_modality + self.distillation_weights[name] * mean
         weights = self.dtm.weight_tensor(per_modality.device, per_modality.dtype)
@@ -155,12 +173,15 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         else:
             target = target.to(self.device, non_blocking=True)
         present_modalities = modality_mask.any(0)
+        fusion_mask, reduced = self.fusion_sampler(modality_mask)
 
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            output, features = self.network(data, modality_mask=modality_mask, return_features=True)  # CPU mask
-            features = features.present_pairs(modality_mask)
-            loss, terms = self.compute_losses(output, features, target, present_modalities)
+            output, all_pairs = self.network(data, modality_mask=fusion_mask, return_features=True)  # CPU mask
+            features = all_pairs.present_pairs(modality_mask)
+            # a sample fused from one modality has no teacher: its pairs skip the distillation
+            teachers = all_pairs.present_pairs(modality_mask & ~reduced[:, None]) if bool(reduced.any()) else features
+            loss, terms = self.compute_losses(output, features, target, present_modalities, teachers)
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -175,9 +196,11 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
 
-        pair_modality = features.pair_index[:, 1]
-        gap = terms.get("pair_gap")
-        self.dtm.record(gap, terms.get("pair_signal", gap), pair_modality)
+        gap, signal = terms.get("pair_gap"), terms.get("pair_signal")
+        if gap is not None:
+            self.dtm.record(gap, None, teachers.pair_index[:, 1])
+        self.dtm.record(None, signal if signal is not None else gap,
+                        (features if signal is not None else teachers).pair_index[:, 1])
         return {"loss": terms["segmentation"].detach().cpu().numpy()}
 
     def validation_step(self, batch: dict) -> dict:
@@ -285,6 +308,17 @@ class nnUNetTrainerDMAF_subsetSampling(nnUNetTrainerDMAF):
     (the published imbalanced protocols list such within-availability masks per case)."""
 
     extra_channel_drop_probability = 0.5
+
+
+class nnUNetTrainerDMAF_singleModalityFusion(nnUNetTrainerDMAF):
+    """DMAF-Net whose fusion decoder also learns single rare modalities: half of the samples with >= 2
+    present modalities are fused from one of them, chosen inversely to its presence frequency
+    (:mod:`nnunetv2_dmaf.training.fusion_rebalancing`)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.single_modality_fusion_probability = 0.5
 
 
 class nnUNetTrainerDMAF_noCheckpointing(nnUNetTrainerDMAF):
