@@ -396,7 +396,7 @@ def _main(argv: list[str] | None) -> int:
         "conventions": {"Dice": DICE_RULE, "HD95": HD95_RULE,
                         "HD95 penalty": penalty_description(args.hd95_empty_penalty),
                         "mean over subsets": "unweighted mean of the 2^M-1 subset means",
-                        "missing modality": "channel zeroed and declared missing to the network (encoder skipped)",
+                        "missing modality": "channel zeroed and declared missing to the network (exactly zero fusion weight)",
                         **({"ET post-processing": f"'(post-processed)' columns: an ET prediction under "
                                                   f"{args.et_postprocess_voxels} voxels counts as empty"}
                            if args.et_postprocess_voxels else {})},
