@@ -286,31 +286,36 @@ class DMAFNet(nn.Module):
     def _checkpointed(self) -> bool:
         return self.activation_checkpointing and self.training and torch.is_grad_enabled()
 
-    def fuse_level(self, level: int, features: torch.Tensor, mask: torch.Tensor
+    def fuse_level(self, level: int, features: torch.Tensor, mask: torch.Tensor, memo: dict | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DMAF at one level: e [B, M, C, *S], mask [B, M] -> (f [B, C, *S], Att_map [B, M, 1 or C,
         *grid], projected f [B, C_plans, *S]).
 
         In training with activation checkpointing only the full-resolution part (:meth:`fuse_and_project`)
         is recomputed in backward; the attention maps come from a few hundred tokens per level, whose
-        activations are stored (recomputing them would re-dispatch the whole transformer)."""
-        maps = self.fusions[level].attention_maps(features, mask)
+        activations are stored (recomputing them would re-dispatch the whole transformer). ``memo``:
+        tensors derived from the mask, shared by the levels (see :meth:`DMAFFusion.missing_mask`)."""
+        fusion = self.fusions[level]
+        maps = fusion.attention_maps(features, mask, memo)
+        missing = fusion.missing_mask(mask, memo)
         if self._checkpointed():
-            fused, projected = checkpoint(self.fuse_and_project, level, features, maps, mask, use_reentrant=False)
+            fused, projected = checkpoint(self.fuse_and_project, level, features, maps, missing, use_reentrant=False)
         else:
-            fused, projected = self.fuse_and_project(level, features, maps, mask)
+            fused, projected = self.fuse_and_project(level, features, maps, missing)
         return fused, maps, projected
 
-    def fuse_and_project(self, level: int, features: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor
+    def fuse_and_project(self, level: int, features: torch.Tensor, maps: torch.Tensor, missing: torch.Tensor
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The full-resolution part of :meth:`fuse_level`: (f, projected f) from e and Att_map."""
-        fused = self.fusions[level].weighted_sum(features, maps, mask)
+        """The full-resolution part of :meth:`fuse_level`: (f, projected f) from e, Att_map and the
+        missing-modality mask [B, M, 1, *1]."""
+        fused = self.fusions[level].weighted_sum(features, maps, missing)
         return fused, self.fusion_projections[level](fused)
 
     def fuse(self, modality_features: list[torch.Tensor], mask: torch.Tensor
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Every level: (f_l, Att_map_l, projected f_l) lists (see :meth:`fuse_level`)."""
-        outputs = [self.fuse_level(level, feats, mask) for level, feats in enumerate(modality_features)]
+        memo: dict = {}
+        outputs = [self.fuse_level(level, feats, mask, memo) for level, feats in enumerate(modality_features)]
         return [o[0] for o in outputs], [o[1] for o in outputs], [o[2] for o in outputs]
 
     def run_unimodal_decoder(self, pair_features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -37,6 +37,15 @@ from torch.nn.modules.conv import _ConvNd
 FUSION_MODES = ("attention", "mean")
 
 
+def _memo(memo: dict | None, key: tuple, make):
+    """``memo[key]``, made with ``make()`` the first time (always made without a memo)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def sinusoidal_positions(grid: tuple[int, ...], dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Fixed position code [T, dim] for a token grid (each axis gets an equal share of the sin/cos
     frequencies over its normalised coordinate; unused dimensions are 0)."""
@@ -120,14 +129,22 @@ class DMAFFusion(nn.Module):
                 self._position_cache[key] = code
         return code
 
-    def token_attention_bias(self, modality_mask: torch.Tensor, tokens_per_modality: int, dtype: torch.dtype
-                             ) -> torch.Tensor:
-        """The key padding mask as an additive attention bias [B, 1, 1, M*T] (0 for the tokens of
-        present modalities, -inf for missing ones), built once per call and shared by all layers."""
+    def missing_mask(self, modality_mask: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """bool [B, M, 1, *1] (broadcasts over [B, M, C, *S]), True = missing modality.
+
+        ``memo``: a dict shared by the levels of one forward pass (same mask), so that the tensors
+        derived from the mask (this one and :meth:`token_attention_bias`) are built once."""
         b, m = modality_mask.shape
-        bias = torch.zeros((b, m), dtype=dtype, device=modality_mask.device).masked_fill_(
-            ~modality_mask.bool(), float("-inf"))
-        return bias.repeat_interleave(tokens_per_modality, dim=1).view(b, 1, 1, m * tokens_per_modality)
+        return _memo(memo, ("missing", self.spatial_dims),
+                     lambda: (~modality_mask.bool()).view(b, m, *([1] * (1 + self.spatial_dims))))
+
+    def token_attention_bias(self, missing: torch.Tensor, tokens_per_modality: int, dtype: torch.dtype,
+                             memo: dict | None = None) -> torch.Tensor:
+        """The key padding mask as an additive attention bias [B, 1, 1, M*T] (0 for the tokens of
+        present modalities, -inf for missing ones), shared by all layers (and levels, with ``memo``)."""
+        b, m, t = missing.shape[0], missing.shape[1], tokens_per_modality
+        return _memo(memo, ("attention_bias", t, dtype), lambda: torch.zeros((b, m, t), dtype=dtype, device=missing.device)
+                     .masked_fill_(missing.view(b, m, 1), float("-inf")).view(b, 1, 1, m * t))
 
     @staticmethod
     def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attention_bias: torch.Tensor,
@@ -147,23 +164,24 @@ class DMAFFusion(nn.Module):
         h = F.gelu(F.linear(h, layer.linear1.weight, layer.linear1.bias))
         return x + F.linear(h, layer.linear2.weight, layer.linear2.bias)
 
-    def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+    def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor,
+                         memo: dict | None = None) -> torch.Tensor:
         """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, map_channels, *grid] (steps 1-3).
-        The features of missing modalities are replaced by 0 after pooling (NaN/inf there cannot leak)."""
+        The features of missing modalities are replaced by 0 after pooling (NaN/inf there cannot leak).
+        ``memo``: see :meth:`missing_mask`."""
         b, m, c = modality_features.shape[:3]
         spatial = tuple(modality_features.shape[3:])
         grid = self.grid_size(spatial)
         pool = F.adaptive_avg_pool3d if self.spatial_dims == 3 else F.adaptive_avg_pool2d
         t = math.prod(grid)
-        pooled = pool(modality_features.reshape(b * m, c, *spatial), grid).view(b, m, c * t)
-        pooled = torch.where(modality_mask.bool().view(b, m, 1), pooled,
-                             torch.zeros((), dtype=pooled.dtype, device=pooled.device))
+        missing = self.missing_mask(modality_mask, memo)
+        pooled = pool(modality_features.reshape(b * m, c, *spatial), grid).view(b, m, c, *grid).masked_fill(missing, 0)
         tokens = F.linear(pooled.view(b * m, c, t).transpose(1, 2).reshape(b * m * t, c),
                           self.project.weight, self.project.bias)  # [B*M*T, D]
         d = self.token_dim
         offsets = self.modality_embedding.unsqueeze(1) + self.positions(grid, tokens.device, tokens.dtype)  # [M, T, D]
         tokens = (tokens.view(b, m, t, d) + offsets).view(b * m * t, d)
-        attention_bias = self.token_attention_bias(modality_mask, t, tokens.dtype)
+        attention_bias = self.token_attention_bias(missing, t, tokens.dtype, memo)
         for layer in self.layers:
             tokens = self.encoder_layer(layer, tokens, attention_bias, b, self.num_heads)
         logits = F.linear(F.layer_norm(tokens, (d,), self.norm.weight, self.norm.bias, self.norm.eps),
@@ -172,27 +190,28 @@ class DMAFFusion(nn.Module):
             return logits.view(b, m, 1, *grid)
         return logits.view(b, m, t, self.map_channels).transpose(2, 3).reshape(b, m, self.map_channels, *grid)
 
-    def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones)."""
-        present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
+    def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor,
+                       memo: dict | None = None) -> torch.Tensor:
+        """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones).
+        ``memo``: see :meth:`missing_mask`."""
         if self.mode == "mean":
+            present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
             b, m = modality_features.shape[:2]
             grid = self.grid_size(tuple(modality_features.shape[3:]))
             ones = modality_features.new_ones((b, m, self.map_channels, *grid))
             return ones * present / present.sum(1, keepdim=True)
-        logits = self.attention_logits(modality_features, modality_mask).float()
-        logits = logits.masked_fill(~present, float("-inf"))
+        logits = self.attention_logits(modality_features, modality_mask, memo).float()
+        logits = logits.masked_fill(self.missing_mask(modality_mask, memo), float("-inf"))
         return torch.softmax(logits, 1).to(modality_features.dtype)
 
-    def weighted_sum(self, modality_features: torch.Tensor, maps: torch.Tensor, modality_mask: torch.Tensor
+    def weighted_sum(self, modality_features: torch.Tensor, maps: torch.Tensor, missing: torch.Tensor
                      ) -> torch.Tensor:
-        """Step 4: f = sum over present m of e^m * Att_map_m (maps interpolated to the feature size)."""
+        """Step 4: f = sum over present m of e^m * Att_map_m (maps interpolated to the feature size).
+        ``missing``: bool [B, M, 1, *1], True = missing (:meth:`missing_mask`)."""
         spatial = tuple(modality_features.shape[3:])
         b, m = modality_features.shape[:2]
-        present = modality_mask.bool().view(b, m, *([1] * (1 + len(spatial))))
-        # where(), not a product, so that NaN/inf in a missing modality's features cannot leak
-        modality_features = torch.where(present, modality_features,
-                                        torch.zeros((), dtype=modality_features.dtype, device=modality_features.device))
+        # masked_fill, not a product, so that NaN/inf in a missing modality's features cannot leak
+        modality_features = modality_features.masked_fill(missing, 0)
         c = maps.shape[2]
         if tuple(maps.shape[3:]) != spatial:
             mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
@@ -211,5 +230,6 @@ class DMAFFusion(nn.Module):
         Returns:
             fused f: [B, C, *S]; attention maps [B, M, map_channels, *grid] (at the token grid).
         """
-        maps = self.attention_maps(modality_features, modality_mask)
-        return self.weighted_sum(modality_features, maps, modality_mask), maps
+        memo: dict = {}
+        maps = self.attention_maps(modality_features, modality_mask, memo)
+        return self.weighted_sum(modality_features, maps, self.missing_mask(modality_mask, memo)), maps
