@@ -5,8 +5,8 @@ configuration it prints
 
 * the bytes of tensors saved for backward in one training forward pass (``saved_tensors_hooks``,
   each storage counted once): the activation memory that decides whether a patch/batch fits a GPU;
-* the number of aten operators dispatched by forward + backward (``TorchDispatchMode``): on a fast GPU
-  a step with many small kernels is launch-bound;
+* the number of aten operators dispatched by forward + backward (``TorchDispatchMode``, in a separate
+  step without the hooks): on a fast GPU a step with many small kernels is launch-bound;
 
 and the DMAF / U-Net ratios. The DMAF step includes what training runs: the uni-modal decoder on every
 present pair, the distillation heads and the distillation losses (``CrossModalDistillation``).
@@ -44,8 +44,15 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def saved_bytes_and_ops(step) -> tuple[int, int]:
-    """Runs ``step()`` (returns the loss) under both probes, then backward; (saved bytes, aten ops)."""
+def saved_bytes_and_ops(step, module: torch.nn.Module) -> tuple[int, int]:
+    """(saved bytes, aten ops) of one training step: ``step()`` (returns the loss), then backward.
+
+    One unmeasured step first, as in training: what a network computes once and keeps (DMAF's
+    position codes) is not part of the per-step count. Then one step under the saved-tensor hooks
+    (bytes) and one under the op counter (ops), separately: packing a saved tensor through hooks
+    dispatches an extra ``detach`` that a training step does not run."""
+    step().backward()
+    module.zero_grad(set_to_none=True)
     seen: dict[tuple, int] = {}
 
     def pack(t: torch.Tensor):
@@ -56,11 +63,14 @@ def saved_bytes_and_ops(step) -> tuple[int, int]:
             pass
         return t
 
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = step()
+    loss.backward()
+    module.zero_grad(set_to_none=True)
     counter = OpCounter()
     with counter:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = step()
-        loss.backward()
+        step().backward()
+    module.zero_grad(set_to_none=True)
     return sum(seen.values()), counter.count
 
 
@@ -111,12 +121,12 @@ def main(argv: list[str] | None = None) -> None:
                 + sum(v.mean() for v in terms.values())
         return step
 
-    rows = [("nnU-Net PlainConvUNet", *saved_bytes_and_ops(unet_step))]
+    rows = [("nnU-Net PlainConvUNet", *saved_bytes_and_ops(unet_step, unet))]
     full = torch.ones(args.batch, m, dtype=torch.bool)
     half = torch.zeros(args.batch, m, dtype=torch.bool)
     half[:, : max(1, m // 2)] = True
-    rows.append((f"DMAFNet, {m} of {m} modalities", *saved_bytes_and_ops(dmaf_step(full))))
-    rows.append((f"DMAFNet, {max(1, m // 2)} of {m} modalities", *saved_bytes_and_ops(dmaf_step(half))))
+    rows.append((f"DMAFNet, {m} of {m} modalities", *saved_bytes_and_ops(dmaf_step(full), dmaf)))
+    rows.append((f"DMAFNet, {max(1, m // 2)} of {m} modalities", *saved_bytes_and_ops(dmaf_step(half), dmaf)))
     print(f"\npatch {args.patch}, batch {args.batch}, {m} modalities ({', '.join(names)}), training forward + backward")
     print(f"{'network':<30}{'saved MB':>10}{'x U-Net':>9}{'aten ops':>10}{'x U-Net':>9}")
     base_bytes, base_ops = rows[0][1], rows[0][2]

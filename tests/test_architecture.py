@@ -183,6 +183,39 @@ def test_fusion_attention_maps_are_softmax_over_present_modalities():
     assert maps[0, 0].std() > 0  # position/channel dependent, not a constant
 
 
+def test_functional_attention_equals_torch_modules_it_replaces():
+    """DMAFFusion.encoder_layer and MaskedAttentionAlignment compute what nn.TransformerEncoderLayer
+    (key padding mask) and nn.MultiheadAttention compute with the same parameters, gradients included."""
+    from nnunetv2_dmaf.architecture.distillation_heads import MaskedAttentionAlignment
+    torch.manual_seed(0)
+    fusion = DMAFFusion(3, 16, nn.Conv3d, num_layers=1, num_heads=4)
+    layer = fusion.layers[0].train()
+    b, m, t, d = 2, 3, 8, 16
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    x = torch.randn(b * m * t, d)
+    bias = fusion.token_attention_bias(fusion.missing_mask(mask), t, x.dtype)
+    ours = fusion.encoder_layer(layer, x, bias, b, fusion.num_heads)
+    reference = layer(x.view(b, m * t, d), src_key_padding_mask=(~mask).repeat_interleave(t, 1)).view(-1, d)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    weight = torch.randn_like(ours)
+    grads = [torch.autograd.grad((out * weight).sum(), list(layer.parameters())) for out in (ours, reference)]
+    for a, r in zip(*grads):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+    maa = MaskedAttentionAlignment(16, 4)
+    student, teacher = torch.randn(3, 8, 16), torch.randn(3, 8, 16)
+    padding = torch.zeros(3, 8, dtype=torch.bool)
+    padding[0, :3] = True
+    for key_padding_mask in (None, padding):
+        ours = maa(student, teacher, key_padding_mask)
+        reference, _ = maa.attention(maa.norm_query(student), maa.norm_key(teacher), teacher,
+                                     key_padding_mask=key_padding_mask, need_weights=False)
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+        grads = [torch.autograd.grad(out.square().sum(), list(maa.parameters())) for out in (ours, reference)]
+        for a, r in zip(*grads):
+            torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-5)
+
+
 def test_fusion_differs_from_uniform_weights_and_attention_gets_gradient():
     """Replacing the attention maps by uniform weights (the 'mean' ablation) changes the fused feature."""
     torch.manual_seed(0)

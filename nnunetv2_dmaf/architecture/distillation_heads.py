@@ -57,7 +57,23 @@ class MaskedAttentionAlignment(nn.Module):
 
     def forward(self, student_tokens: torch.Tensor, teacher_tokens: torch.Tensor,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        keys = self.norm_key(teacher_tokens)
-        out, _ = self.attention(self.norm_query(student_tokens), keys, teacher_tokens,
-                                key_padding_mask=key_padding_mask, need_weights=False)
-        return out
+        """``attention(norm_query(student), norm_key(teacher), teacher, key_padding_mask=...)`` computed
+        functionally with the module's own parameters (the same math as ``nn.MultiheadAttention``
+        without dropout, in fewer aten operators). ``key_padding_mask`` [P, T]: bool (True = ignore)
+        or additive float."""
+        p, t, c = student_tokens.shape
+        s = teacher_tokens.shape[1]
+        attn = self.attention
+        heads = attn.num_heads
+        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
+        q = F.linear(self.norm_query(student_tokens), w_q, b_q).view(p, t, heads, c // heads).transpose(1, 2)
+        k = F.linear(self.norm_key(teacher_tokens), w_k, b_k).view(p, s, heads, c // heads).transpose(1, 2)
+        v = F.linear(teacher_tokens, w_v, b_v).view(p, s, heads, c // heads).transpose(1, 2)
+        bias = None
+        if key_padding_mask is not None:
+            bias = torch.zeros((p, s), dtype=q.dtype, device=q.device).masked_fill_(key_padding_mask, float("-inf")) \
+                if key_padding_mask.dtype == torch.bool else key_padding_mask.to(q.dtype)
+            bias = bias.view(p, 1, 1, s)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [P, heads, T, C / heads]
+        return F.linear(attended.transpose(1, 2).reshape(p, t, c), attn.out_proj.weight, attn.out_proj.bias)

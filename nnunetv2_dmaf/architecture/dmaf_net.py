@@ -17,8 +17,10 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
   forward makes no host-device synchronisation and torch.compile traces one graph for all masks.
   Skipping missing encoders would save little: at width 1/M the M encoders together cost 1/M of the
   FLOPs of nnU-Net's encoder.
-* Training memory: with ``activation_checkpointing`` (default) the fusion + projection of each level
-  and the shared uni-modal decoder are recomputed in backward instead of storing their activations.
+* Training memory: with ``activation_checkpointing`` (default) the full-resolution part of each
+  level's fusion (weighted sum of the modality features) + projection and the shared uni-modal
+  decoder are recomputed in backward instead of storing their activations (the attention maps'
+  transformer works on at most token_grid^dims tokens per modality: its activations are kept).
 * Output: as nnU-Net's U-Nets, the FUSION decoder's logits [B, K, *S], or a list of them (full
   resolution first) with deep supervision. ``return_features=True`` (training) also runs the shared
   uni-modal decoder on every (sample, modality) pair and the distillation heads, and returns a
@@ -149,8 +151,8 @@ class DMAFNet(nn.Module):
         distillation_grid: at most this many token cells per axis at level L (MAA / prototypes).
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
-        activation_checkpointing: in training, recompute each level's fusion + projection and the
-            uni-modal decoder in backward instead of storing their activations (the training step
+        activation_checkpointing: in training, recompute each level's fusion (weighted sum; the
+            attention maps are kept) + projection and the uni-modal decoder in backward instead of storing their activations (the training step
             then holds about as much activation memory as nnU-Net's U-Net; see
             :meth:`compute_conv_feature_map_size`). Results are identical either way.
     """
@@ -284,19 +286,36 @@ class DMAFNet(nn.Module):
     def _checkpointed(self) -> bool:
         return self.activation_checkpointing and self.training and torch.is_grad_enabled()
 
-    def fuse_level(self, level: int, features: torch.Tensor, mask: torch.Tensor
+    def fuse_level(self, level: int, features: torch.Tensor, mask: torch.Tensor, memo: dict | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """DMAF at one level: e [B, M, C, *S], mask [B, M] -> (f [B, C, *S], Att_map [B, M, 1 or C,
-        *grid], projected f [B, C_plans, *S])."""
-        fused, maps = self.fusions[level](features, mask)
-        return fused, maps, self.fusion_projections[level](fused)
+        *grid], projected f [B, C_plans, *S]).
+
+        In training with activation checkpointing only the full-resolution part (:meth:`fuse_and_project`)
+        is recomputed in backward; the attention maps come from a few hundred tokens per level, whose
+        activations are stored (recomputing them would re-dispatch the whole transformer). ``memo``:
+        tensors derived from the mask, shared by the levels (see :meth:`DMAFFusion.missing_mask`)."""
+        fusion = self.fusions[level]
+        maps = fusion.attention_maps(features, mask, memo)
+        missing = fusion.missing_mask(mask, memo)
+        if self._checkpointed():
+            fused, projected = checkpoint(self.fuse_and_project, level, features, maps, missing, use_reentrant=False)
+        else:
+            fused, projected = self.fuse_and_project(level, features, maps, missing)
+        return fused, maps, projected
+
+    def fuse_and_project(self, level: int, features: torch.Tensor, maps: torch.Tensor, missing: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The full-resolution part of :meth:`fuse_level`: (f, projected f) from e, Att_map and the
+        missing-modality mask [B, M, 1, *1]."""
+        fused = self.fusions[level].weighted_sum(features, maps, missing)
+        return fused, self.fusion_projections[level](fused)
 
     def fuse(self, modality_features: list[torch.Tensor], mask: torch.Tensor
              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Every level: (f_l, Att_map_l, projected f_l) lists (see :meth:`fuse_level`)."""
-        outputs = [checkpoint(self.fuse_level, level, feats, mask, use_reentrant=False) if self._checkpointed()
-                   else self.fuse_level(level, feats, mask)
-                   for level, feats in enumerate(modality_features)]
+        memo: dict = {}
+        outputs = [self.fuse_level(level, feats, mask, memo) for level, feats in enumerate(modality_features)]
         return [o[0] for o in outputs], [o[1] for o in outputs], [o[2] for o in outputs]
 
     def run_unimodal_decoder(self, pair_features: list[torch.Tensor]) -> list[torch.Tensor]:

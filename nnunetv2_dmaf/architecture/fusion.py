@@ -37,6 +37,15 @@ from torch.nn.modules.conv import _ConvNd
 FUSION_MODES = ("attention", "mean")
 
 
+def _memo(memo: dict | None, key: tuple, make):
+    """``memo[key]``, made with ``make()`` the first time (always made without a memo)."""
+    if memo is None:
+        return make()
+    if key not in memo:
+        memo[key] = make()
+    return memo[key]
+
+
 def sinusoidal_positions(grid: tuple[int, ...], dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Fixed position code [T, dim] for a token grid (each axis gets an equal share of the sin/cos
     frequencies over its normalised coordinate; unused dimensions are 0)."""
@@ -100,39 +109,117 @@ class DMAFFusion(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.map_channels = map_channels
         self.restore = nn.Linear(dim, map_channels)
+        self._position_cache: dict[tuple, torch.Tensor] = {}
 
     def grid_size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(s, self.token_grid) for s in spatial)
 
-    def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, map_channels, *grid] (steps 1-3)."""
+    def positions(self, grid: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The sinusoidal position code [T, D] of ``grid``, computed once per (grid, device, dtype) and
+        kept in a plain dict (not a buffer: no state_dict entry). Under torch.compile it is traced
+        into the graph (constant there); tensors of a tracing mode (fake/meta) are never kept."""
+        if torch.compiler.is_compiling():
+            return sinusoidal_positions(grid, self.token_dim, device, dtype)
+        key = (grid, device, dtype)
+        code = self._position_cache.get(key)
+        if code is None:
+            with torch.inference_mode(False), torch.no_grad():
+                code = sinusoidal_positions(grid, self.token_dim, device, dtype)
+            if type(code) is torch.Tensor and not code.is_meta:
+                self._position_cache[key] = code
+        return code
+
+    def missing_mask(self, modality_mask: torch.Tensor, memo: dict | None = None) -> torch.Tensor:
+        """bool [B, M, 1, *1] (broadcasts over [B, M, C, *S]), True = missing modality.
+
+        ``memo``: a dict shared by the levels of one forward pass (same mask), so that the tensors
+        derived from the mask (this one and :meth:`token_attention_bias`) are built once."""
+        b, m = modality_mask.shape
+        return _memo(memo, ("missing", self.spatial_dims),
+                     lambda: (~modality_mask.bool()).view(b, m, *([1] * (1 + self.spatial_dims))))
+
+    def token_attention_bias(self, missing: torch.Tensor, tokens_per_modality: int, dtype: torch.dtype,
+                             memo: dict | None = None) -> torch.Tensor:
+        """The key padding mask as an additive attention bias [B, 1, 1, M*T] (0 for the tokens of
+        present modalities, -inf for missing ones), shared by all layers (and levels, with ``memo``)."""
+        b, m, t = missing.shape[0], missing.shape[1], tokens_per_modality
+        return _memo(memo, ("attention_bias", t, dtype), lambda: torch.zeros((b, m, t), dtype=dtype, device=missing.device)
+                     .masked_fill_(missing.view(b, m, 1), float("-inf")).view(b, 1, 1, m * t))
+
+    @staticmethod
+    def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attention_bias: torch.Tensor,
+                      batch: int, heads: int) -> torch.Tensor:
+        """``layer(x, src_key_padding_mask=...)`` of a pre-norm GELU ``nn.TransformerEncoderLayer`` without
+        dropout, on tokens [B*N, D], with the layer's own parameters: the same math in fewer operators
+        (one q/k/v projection, one fused attention call; no transposes, mask conversions or merges).
+        ``attention_bias``: [B, 1, 1, N] additive (see :meth:`token_attention_bias`)."""
+        d = x.shape[1]
+        attn = layer.self_attn
+        h = F.layer_norm(x, (d,), layer.norm1.weight, layer.norm1.bias, layer.norm1.eps)
+        q, k, v = F.linear(h, attn.in_proj_weight, attn.in_proj_bias).view(batch, -1, 3, heads, d // heads) \
+            .permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, N, D / heads]
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_bias)
+        x = x + F.linear(attended.transpose(1, 2).reshape(x.shape), attn.out_proj.weight, attn.out_proj.bias)
+        h = F.layer_norm(x, (d,), layer.norm2.weight, layer.norm2.bias, layer.norm2.eps)
+        h = F.gelu(F.linear(h, layer.linear1.weight, layer.linear1.bias))
+        return x + F.linear(h, layer.linear2.weight, layer.linear2.bias)
+
+    def attention_logits(self, modality_features: torch.Tensor, modality_mask: torch.Tensor,
+                         memo: dict | None = None) -> torch.Tensor:
+        """[B, M, C, *S], bool [B, M] -> per-modality map logits [B, M, map_channels, *grid] (steps 1-3).
+        The features of missing modalities are replaced by 0 after pooling (NaN/inf there cannot leak).
+        ``memo``: see :meth:`missing_mask`."""
         b, m, c = modality_features.shape[:3]
         spatial = tuple(modality_features.shape[3:])
         grid = self.grid_size(spatial)
         pool = F.adaptive_avg_pool3d if self.spatial_dims == 3 else F.adaptive_avg_pool2d
-        pooled = pool(modality_features.reshape(b * m, c, *spatial), grid)  # [B*M, C, *grid]
         t = math.prod(grid)
-        tokens = self.project(pooled.reshape(b, m, c, t).transpose(2, 3))  # [B, M, T, D]
-        tokens = tokens + self.modality_embedding[None, :, None, :] \
-            + sinusoidal_positions(grid, self.token_dim, tokens.device, tokens.dtype)[None, None]
-        tokens = tokens.reshape(b, m * t, self.token_dim)
-        padding = (~modality_mask.bool()).repeat_interleave(t, dim=1)  # [B, M*T], True = ignore
+        missing = self.missing_mask(modality_mask, memo)
+        pooled = pool(modality_features.reshape(b * m, c, *spatial), grid).view(b, m, c, *grid).masked_fill(missing, 0)
+        tokens = F.linear(pooled.view(b * m, c, t).transpose(1, 2).reshape(b * m * t, c),
+                          self.project.weight, self.project.bias)  # [B*M*T, D]
+        d = self.token_dim
+        offsets = self.modality_embedding.unsqueeze(1) + self.positions(grid, tokens.device, tokens.dtype)  # [M, T, D]
+        tokens = (tokens.view(b, m, t, d) + offsets).view(b * m * t, d)
+        attention_bias = self.token_attention_bias(missing, t, tokens.dtype, memo)
         for layer in self.layers:
-            tokens = layer(tokens, src_key_padding_mask=padding)
-        logits = self.restore(self.norm(tokens)).reshape(b, m, t, self.map_channels).transpose(2, 3)
-        return logits.reshape(b, m, self.map_channels, *grid)
+            tokens = self.encoder_layer(layer, tokens, attention_bias, b, self.num_heads)
+        logits = F.linear(F.layer_norm(tokens, (d,), self.norm.weight, self.norm.bias, self.norm.eps),
+                          self.restore.weight, self.restore.bias)  # [B*M*T, map_channels]
+        if self.map_channels == 1:
+            return logits.view(b, m, 1, *grid)
+        return logits.view(b, m, t, self.map_channels).transpose(2, 3).reshape(b, m, self.map_channels, *grid)
 
-    def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
-        """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones)."""
-        present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
+    def attention_maps(self, modality_features: torch.Tensor, modality_mask: torch.Tensor,
+                       memo: dict | None = None) -> torch.Tensor:
+        """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones).
+        ``memo``: see :meth:`missing_mask`."""
         if self.mode == "mean":
+            present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
             b, m = modality_features.shape[:2]
             grid = self.grid_size(tuple(modality_features.shape[3:]))
             ones = modality_features.new_ones((b, m, self.map_channels, *grid))
             return ones * present / present.sum(1, keepdim=True)
-        logits = self.attention_logits(modality_features, modality_mask).float()
-        logits = logits.masked_fill(~present, float("-inf"))
+        logits = self.attention_logits(modality_features, modality_mask, memo).float()
+        logits = logits.masked_fill(self.missing_mask(modality_mask, memo), float("-inf"))
         return torch.softmax(logits, 1).to(modality_features.dtype)
+
+    def weighted_sum(self, modality_features: torch.Tensor, maps: torch.Tensor, missing: torch.Tensor
+                     ) -> torch.Tensor:
+        """Step 4: f = sum over present m of e^m * Att_map_m (maps interpolated to the feature size).
+        ``missing``: bool [B, M, 1, *1], True = missing (:meth:`missing_mask`)."""
+        spatial = tuple(modality_features.shape[3:])
+        b, m = modality_features.shape[:2]
+        # masked_fill, not a product, so that NaN/inf in a missing modality's features cannot leak
+        modality_features = modality_features.masked_fill(missing, 0)
+        c = maps.shape[2]
+        if tuple(maps.shape[3:]) != spatial:
+            mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
+            full = F.interpolate(maps.reshape(b * m, c, *maps.shape[3:]), size=spatial, mode=mode,
+                                 align_corners=True).view(b, m, c, *spatial)
+        else:
+            full = maps
+        return (full * modality_features).sum(1)
 
     def forward(self, modality_features: torch.Tensor, modality_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,18 +230,6 @@ class DMAFFusion(nn.Module):
         Returns:
             fused f: [B, C, *S]; attention maps [B, M, map_channels, *grid] (at the token grid).
         """
-        spatial = tuple(modality_features.shape[3:])
-        b, m = modality_features.shape[:2]
-        present = modality_mask.bool().view(b, m, *([1] * (1 + len(spatial))))
-        # where(), not a product, so that NaN/inf in a missing modality's features cannot leak
-        modality_features = torch.where(present, modality_features,
-                                        torch.zeros((), dtype=modality_features.dtype, device=modality_features.device))
-        maps = self.attention_maps(modality_features, modality_mask)
-        c = maps.shape[2]
-        if tuple(maps.shape[3:]) != spatial:
-            mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
-            full = F.interpolate(maps.reshape(b * m, c, *maps.shape[3:]), size=spatial, mode=mode,
-                                 align_corners=True).reshape(b, m, c, *spatial)
-        else:
-            full = maps
-        return (full * modality_features).sum(1), maps
+        memo: dict = {}
+        maps = self.attention_maps(modality_features, modality_mask, memo)
+        return self.weighted_sum(modality_features, maps, self.missing_mask(modality_mask, memo)), maps

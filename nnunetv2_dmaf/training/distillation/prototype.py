@@ -54,7 +54,7 @@ def masked_average_prototypes(features: torch.Tensor, masks: torch.Tensor, eps: 
     f = features.float().flatten(2)  # [B, C, N]
     m = masks.float().flatten(2)  # [B, K, N]
     mass = m.sum(-1)
-    prototypes = (m @ f.transpose(1, 2)) / mass.clamp_min(eps)[..., None]
+    prototypes = torch.bmm(m, f.transpose(1, 2)) / mass.clamp_min(eps).unsqueeze(-1)
     return prototypes, mass
 
 

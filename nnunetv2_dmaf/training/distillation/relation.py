@@ -16,8 +16,8 @@ def normalized_covariance(features: torch.Tensor, eps: float = 1e-8) -> torch.Te
     A constant feature map gives a zero matrix."""
     x = features.float()
     x = x - x.mean(-1, keepdim=True)
-    cov = x @ x.transpose(1, 2) / max(1, x.shape[-1])
-    return cov / cov.flatten(1).norm(dim=1).clamp_min(eps)[:, None, None]
+    cov = torch.bmm(x, x.transpose(1, 2)) / max(1, x.shape[-1])
+    return cov / cov.flatten(1).norm(dim=1).clamp_min(eps).view(-1, 1, 1)
 
 
 def covariance_consistency(projected_student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
