@@ -3,7 +3,7 @@
 Why: the fusion decoder only ever sees the features the DMAF fusion gives it. Under imbalanced
 missingness a rare modality (T2, missing in 80 % of the BraTS mr2468 cases) is almost never the only
 one fused, so at inference with that modality alone the fusion decoder gets features it was hardly
-trained on. The quality benchmark showed it: with T2 alone the fusion decoder scored Dice 0.10-0.25
+trained on. The quality benchmark showed it: with T2 alone the fusion decoder scored Dice 0.10-0.39
 at 100 epochs while the shared uni-modal decoder, run on the SAME T2 encoder features, scored
 0.44-0.58 (docs/benchmarks.md).
 
