@@ -152,8 +152,9 @@ class DMAFNet(nn.Module):
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
         activation_checkpointing: in training, recompute each level's fusion (weighted sum; the
-            attention maps are kept) + projection and the uni-modal decoder in backward instead of storing their activations (the training step
-            then holds about as much activation memory as nnU-Net's U-Net; see
+            attention maps are kept) + projection and the uni-modal decoder in backward instead of
+            storing their activations (the training step then holds about as much activation memory
+            as nnU-Net's U-Net; see
             :meth:`compute_conv_feature_map_size`). Results are identical either way.
     """
 

@@ -195,7 +195,7 @@ class DMAFFusion(nn.Module):
         """Att_map [B, M, map_channels, *grid]: softmax over present modalities (0 for missing ones).
         ``memo``: see :meth:`missing_mask`."""
         if self.mode == "mean":
-            present = modality_mask.bool().view(*modality_mask.shape, *([1] * (modality_features.ndim - 2)))
+            present = ~self.missing_mask(modality_mask, memo)
             b, m = modality_features.shape[:2]
             grid = self.grid_size(tuple(modality_features.shape[3:]))
             ones = modality_features.new_ones((b, m, self.map_channels, *grid))

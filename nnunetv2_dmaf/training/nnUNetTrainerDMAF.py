@@ -129,7 +129,6 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         [P'] (rows of ``distillation_features``) for DTM."""
         distillation_features = features if distillation_features is None else distillation_features
         m_count = features.modality_mask.shape[1]
-        pair_modality = features.pair_index[:, 1]
         pair_sample = features.pair_index[:, 0]
         pair_modality_host = features.pair_index_host[:, 1]
         terms: dict[str, torch.Tensor] = {"segmentation": self.loss(output, target)}
@@ -139,7 +138,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         if features.unimodal_logits is not None:
             unimodal = torch.zeros_like(per_modality)
             for m in torch.nonzero(present_modalities).flatten().tolist():
-                rows = torch.nonzero(pair_modality_host == m).flatten().to(pair_modality.device, non_blocking=True)
+                rows = torch.nonzero(pair_modality_host == m).flatten().to(pair_sample.device, non_blocking=True)
                 logits = [u[rows] for u in features.unimodal_logits]
                 tgt = [t[pair_sample[rows]] for t in targets]
                 unimodal[m] = self.loss(logits if isinstance(output, (list, tuple)) else logits[0],
@@ -197,10 +196,10 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
             self.optimizer.step()
 
         gap, signal = terms.get("pair_gap"), terms.get("pair_signal")
-        if gap is not None:
-            self.dtm.record(gap, None, teachers.pair_index[:, 1])
-        self.dtm.record(None, signal if signal is not None else gap,
-                        (features if signal is not None else teachers).pair_index[:, 1])
+        if gap is not None:  # without the uni-modal decoder the gap is also the convergence signal
+            self.dtm.record(gap, gap if signal is None else None, teachers.pair_index[:, 1])
+        if signal is not None:
+            self.dtm.record(None, signal, features.pair_index[:, 1])
         return {"loss": terms["segmentation"].detach().cpu().numpy()}
 
     def validation_step(self, batch: dict) -> dict:
