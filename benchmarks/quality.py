@@ -69,11 +69,12 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
     "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",
     "nnUNetTrainerDMAF_singleModalityFusion": "(c) + single-modality fusion",
+    "nnUNetTrainerDMAF_rebalanced": "(c) + single-modality fusion + case rebalancing",
 }
 BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"
 #: DMAF-Net variants that are candidates for the target too (not ablations)
-VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion")
+VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion", "nnUNetTrainerDMAF_rebalanced")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
 DOCS_BEGIN = "<!-- quality tables: written by benchmarks/quality.py, do not edit by hand -->"
 DOCS_END = "<!-- end of quality tables -->"

@@ -3,6 +3,7 @@ from nnunetv2_dmaf.training.baselines import nnUNetTrainerChannelDropout  # noqa
 from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetTrainerDMAF_meanFusion,  # noqa: F401
                                                       nnUNetTrainerDMAF_noDistill, nnUNetTrainerDMAF_noDTM,
                                                       nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noUniDecoder,
+                                                      nnUNetTrainerDMAF_rebalanced,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
                                                       nnUNetTrainerDMAF_subsetSampling,
                                                       nnUNetTrainerDMAF_tiny)

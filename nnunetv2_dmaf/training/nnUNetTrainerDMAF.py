@@ -320,6 +320,14 @@ class nnUNetTrainerDMAF_singleModalityFusion(nnUNetTrainerDMAF):
         self.single_modality_fusion_probability = 0.5
 
 
+class nnUNetTrainerDMAF_rebalanced(nnUNetTrainerDMAF_singleModalityFusion):
+    """Single-modality fusion plus rebalanced case sampling: training cases are drawn in proportion to
+    1 / the presence frequency of their rarest modality, so a rare modality's encoder learns from more
+    draws (:mod:`nnunetv2_dmaf.training.case_rebalancing`)."""
+
+    case_rebalancing_exponent = 1.0
+
+
 class nnUNetTrainerDMAF_noCheckpointing(nnUNetTrainerDMAF):
     """DMAF-Net without activation checkpointing: about 15-20 % less compute per training step (CPU,
     BraTS-like plans), about 1.9x nnU-Net's activation memory instead of 1.0x. For a GPU with memory

@@ -39,8 +39,10 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch._dynamo import OptimizedModule
 
 from nnunetv2_dmaf.availability import AvailabilityTableError, unknown_case_rows
+from nnunetv2_dmaf.training.case_rebalancing import expected_presence, rebalanced_case_probabilities
 from nnunetv2_dmaf.training.channel_presence import ChannelPresenceTransform
 from nnunetv2_dmaf.training.data_loader import DMAFDataLoader
+from nnunetv2_dmaf.training.fusion_rebalancing import presence_frequencies
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig, load_dropout_config
 from nnunetv2_dmaf.user_errors import EXIT_USAGE_ERROR
 
@@ -84,6 +86,8 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
 
     #: extra uniform per-modality drop probability on top of the configured rates (subclasses)
     extra_channel_drop_probability: float = 0.0
+    #: > 0: training cases are drawn by the rarity of their modalities (case_rebalancing); 0: uniformly
+    case_rebalancing_exponent: float = 0.0
     #: schedule attributes a subclass fixes (e.g. the _tiny smoke-test variants); they win over the environment
     fixed_schedule: dict = {}
 
@@ -135,6 +139,23 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
                 self.print_to_log_file(f"DMAF WARNING: {unknown} (ignored)")
         return dataset_tr, dataset_val
 
+    def training_case_probabilities(self, case_ids: list[str]) -> np.ndarray | None:
+        """Probability of drawing each training case (order of ``case_ids``), or None for nnU-Net's
+        uniform draw: rebalanced by the rarest available modality when ``case_rebalancing_exponent``
+        > 0 (:mod:`nnunetv2_dmaf.training.case_rebalancing`)."""
+        config = self.dmaf_dropout_config
+        try:
+            probabilities = rebalanced_case_probabilities(config, case_ids, self.case_rebalancing_exponent)
+        except ValueError as e:
+            configuration_error_exit(e)
+        if self.case_rebalancing_exponent > 0:
+            before = presence_frequencies(config, case_ids)
+            after = before if probabilities is None else expected_presence(config, case_ids, probabilities)
+            fmt = lambda v: {n: round(float(x), 3) for n, x in zip(config.channel_names, v)}  # noqa: E731
+            self.print_to_log_file(f"DMAF training cases drawn by modality rarity (exponent "
+                                   f"{self.case_rebalancing_exponent}): presence per draw {fmt(before)} -> {fmt(after)}")
+        return probabilities
+
     def get_dataloaders(self):
         """nnU-Net's get_dataloaders (2.8) with DMAFDataLoader, which hands each sample's case id to the
         transforms and collates the modality masks."""
@@ -154,12 +175,14 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
             deep_supervision_scales, is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
             regions=regions, ignore_label=lm.ignore_label)
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
-        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, sampling_probabilities=None,
-                      pad_sides=None, probabilistic_oversampling=self.probabilistic_oversampling)
+        common = dict(oversample_foreground_percent=self.oversample_foreground_percent, pad_sides=None,
+                      probabilistic_oversampling=self.probabilistic_oversampling)
         dl_tr = DMAFDataLoader(dataset_tr, self.batch_size, initial_patch_size, patch_size, lm,
-                               transforms=tr_transforms, **common)
+                               transforms=tr_transforms,
+                               sampling_probabilities=self.training_case_probabilities(list(dataset_tr.identifiers)),
+                               **common)
         dl_val = DMAFDataLoader(dataset_val, self.batch_size, patch_size, patch_size, lm,
-                                transforms=val_transforms, **common)
+                                transforms=val_transforms, sampling_probabilities=None, **common)
         allowed_num_processes = get_allowed_n_proc_DA()
         if allowed_num_processes == 0:
             mt_gen_train, mt_gen_val = SingleThreadedAugmenter(dl_tr, None), SingleThreadedAugmenter(dl_val, None)
