@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnunetv2_dmaf.training.distillation import LOSS_NAMES
 from nnunetv2_dmaf.training.fusion_rebalancing import SingleModalityFusionSampler, presence_frequencies
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig
 
@@ -64,10 +65,11 @@ def test_train_step_fuses_the_reduced_mask_and_skips_distillation_of_reduced_sam
         seen["fusion_mask"] = modality_mask.clone()
         return forward(data, modality_mask=modality_mask, return_features=return_features)
 
-    def record_losses(output, features, target, present, distillation_features=None):
+    def record_losses(output, features, target, present, teacher_pairs=None):
         seen["unimodal_pairs"] = features.pair_index_host.clone()
-        seen["distillation_pairs"] = distillation_features.pair_index_host.clone()
-        loss, terms = compute_losses(output, features, target, present, distillation_features)
+        seen["teacher_pairs"] = torch.ones(len(features.pair_index_host), dtype=torch.bool) \
+            if teacher_pairs is None else teacher_pairs.clone()
+        loss, terms = compute_losses(output, features, target, present, teacher_pairs)
         seen["terms"] = terms
         return loss, terms
 
@@ -75,12 +77,20 @@ def test_train_step_fuses_the_reduced_mask_and_skips_distillation_of_reduced_sam
     trainer.train_step(batch)
     assert (seen["fusion_mask"].sum(1) == 1).all() and not (seen["fusion_mask"] & ~mask).any()
     assert len(seen["unimodal_pairs"]) == int(mask.sum())  # every present modality: uni-modal loss
-    assert len(seen["distillation_pairs"]) == 0  # no sample has a teacher
+    assert not seen["teacher_pairs"].any()  # no sample has a teacher
     assert "pair_gap" not in seen["terms"] and (seen["terms"]["unimodal"] > 0).all()
+    for name in LOSS_NAMES:  # the distillation ran (its heads take part) with weight 0
+        assert torch.equal(seen["terms"][name], torch.zeros(4))
     assert float(trainer.dtm._acc[0].sum()) == 0  # no distillation gap recorded
 
-    trainer.single_modality_fusion_probability = 0.0
+    trainer.fusion_sampler.probability = 0.5
+    batch = next(train_loader)
+    np.random.seed(2)  # the sampler reduces the first sample, not the second
+    trainer.train_step(batch)
+    teacher = seen["teacher_pairs"]
+    assert teacher.sum() == 4 and len(teacher) == 8 and len(seen["terms"]["pair_gap"]) == 4
+    assert (seen["terms"]["prototype"] >= 0).all() and (seen["terms"]["relation_covariance"] > 0).all()
+
     trainer.fusion_sampler.probability = 0.0
     trainer.train_step(next(train_loader))
-    assert torch.equal(seen["unimodal_pairs"], seen["distillation_pairs"])
-    assert "pair_gap" in seen["terms"]
+    assert seen["teacher_pairs"].all() and len(seen["terms"]["pair_gap"]) == len(seen["unimodal_pairs"])

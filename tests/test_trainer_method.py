@@ -138,6 +138,23 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
         assert not torch.allclose(without[name]["encoder"], full["encoder"]), name
 
 
+@pytest.mark.parametrize("trainer_name, fusion_probability", [
+    ("nnUNetTrainerDMAF_singleModalityFusion", 1.0),  # no sample is a teacher: the distillation weight is 0
+    ("nnUNetTrainerDMAF_noDistill", None), ("nnUNetTrainerDMAF_meanFusion", None)])
+def test_every_parameter_takes_part_in_every_training_step(trainer_factory, trainer_name, fusion_probability):
+    """DDP as nnU-Net runs it (find_unused_parameters=False) needs a gradient, possibly zero, for every
+    parameter in every step. Only the lowest deep-supervision head is exempt: nnU-Net weights it 0
+    (and 1e-6 under DDP for this very reason)."""
+    trainer = trainer_factory(trainer_name)
+    trainer.initialize()
+    if fusion_probability is not None:
+        trainer.fusion_sampler.probability = fusion_probability
+    train_loader, _ = trainer.get_dataloaders()
+    trainer.train_step(next(train_loader))
+    unused = [n for n, p in trainer.network.named_parameters() if p.grad is None and "seg_layers.0." not in n]
+    assert not unused
+
+
 def _trainer_batch_and_weights(trainer_factory):
     """An initialised tiny DMAF trainer, one training batch and a copy of the network's weights."""
     trainer = trainer_factory()

@@ -83,7 +83,8 @@ class DMAFFeatures:
     distillation_level: index of level L. student_features: e^m_L of the pairs [N, C_L, *S_L];
     teacher_features: f_L of the pairs' samples, detached [N, C_L, *S_L]; student_tokens /
     teacher_tokens: the same pooled to tokens [N, T, C_L];
-    cca_projection: Linear_m(e^m_L) [N, C_L, N_L]; maa_output: [N, T, C_L].
+    cca_projection: Linear_m(e^m_L) [N, C_L, N_L]; maa_output: [N, T, C_L] (both None without
+    distillation heads).
     """
     modality_features: list[torch.Tensor] = field(default_factory=list)
     fused_features: list[torch.Tensor] = field(default_factory=list)
@@ -149,6 +150,8 @@ class DMAFNet(nn.Module):
         unimodal_decoder: build the shared uni-modal decoder (False: ablation).
         distillation_level: level L of the relation/prototype distillation (-1: bottleneck).
         distillation_grid: at most this many token cells per axis at level L (MAA / prototypes).
+        distillation_heads: build the CCA projection and MAA heads (False: the no-distillation
+            ablation, which would leave them without gradient, which DDP rejects).
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
         activation_checkpointing: in training, recompute each level's fusion (weighted sum; the
@@ -172,7 +175,8 @@ class DMAFNet(nn.Module):
                  fusion_mode: str = "attention", fusion_num_layers: int = 4, fusion_num_heads: int = 4,
                  fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
                  fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True,
-                 distillation_level: int = -1, distillation_grid: int = 8, activation_checkpointing: bool = True,
+                 distillation_level: int = -1, distillation_grid: int = 8, distillation_heads: bool = True,
+                 activation_checkpointing: bool = True,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -236,8 +240,8 @@ class DMAFNet(nn.Module):
                                             num_classes, n_conv_per_stage_decoder, deep_supervision) \
             if unimodal_decoder else None
         c_l = self.modality_features_per_stage[self.distillation_level]
-        self.cca_projection = CovarianceProjection(input_channels, c_l)
-        self.attention_alignment = MaskedAttentionAlignment(c_l, fusion_num_heads)
+        self.cca_projection = CovarianceProjection(input_channels, c_l) if distillation_heads else None
+        self.attention_alignment = MaskedAttentionAlignment(c_l, fusion_num_heads) if distillation_heads else None
         self.apply(InitWeights_He(1e-2))
         self.inference_modality_mask: torch.Tensor | None = None
 
@@ -345,7 +349,8 @@ class DMAFNet(nn.Module):
         modality_ids = torch.arange(m, device=e_l.device).repeat(b)
         return DMAFFeatures(modality_features, fused, maps, mask, pairs.to(e_l.device, non_blocking=True), unimodal,
                             level, e_l, f_l, student_tokens, teacher_tokens,
-                            self.cca_projection(e_l.flatten(2), modality_ids),
+                            None if self.cca_projection is None else self.cca_projection(e_l.flatten(2), modality_ids),
+                            None if self.attention_alignment is None else
                             self.attention_alignment(student_tokens, teacher_tokens), pairs)
 
     def forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None,

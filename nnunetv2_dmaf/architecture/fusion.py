@@ -76,7 +76,8 @@ class DMAFFusion(nn.Module):
         token_dim: D, token width (default: C, capped at 128).
         mlp_ratio: hidden width of each layer's MLP relative to D.
         map_channels: channels of each attention map: 1 (spatial map, default) or C (per channel).
-        mode: "attention" (DMAF) or "mean" (ablation: Att_map_m = 1/|present|, no parameters used).
+        mode: "attention" (DMAF) or "mean" (ablation: Att_map_m = 1/|present|; the module has no
+            parameters then).
     """
 
     def __init__(self, num_modalities: int, channels: int, conv_op: Type[_ConvNd], num_layers: int = 4,
@@ -99,6 +100,10 @@ class DMAFFusion(nn.Module):
         dim = token_dim if token_dim is not None else min(channels, 128)
         self.token_dim = dim
         self.num_heads = max(h for h in range(1, max(1, num_heads) + 1) if dim % h == 0)
+        self.map_channels = map_channels
+        self._position_cache: dict[tuple, torch.Tensor] = {}
+        if mode == "mean":  # no parameters: every parameter of a module must get a gradient under DDP
+            return
         self.project = nn.Linear(channels, dim)
         self.modality_embedding = nn.Parameter(torch.zeros(num_modalities, dim))
         nn.init.trunc_normal_(self.modality_embedding, std=0.02)
@@ -107,9 +112,7 @@ class DMAFFusion(nn.Module):
                                        dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
             for _ in range(num_layers)])
         self.norm = nn.LayerNorm(dim)
-        self.map_channels = map_channels
         self.restore = nn.Linear(dim, map_channels)
-        self._position_cache: dict[tuple, torch.Tensor] = {}
 
     def grid_size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(min(s, self.token_grid) for s in spatial)

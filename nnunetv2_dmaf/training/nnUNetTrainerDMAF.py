@@ -92,6 +92,9 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                                           **self.dtm_kwargs)
         self.fusion_sampler = SingleModalityFusionSampler(presence_frequencies(self.dmaf_dropout_config),
                                                           self.single_modality_fusion_probability)
+        if self.distillation_enabled and self.dmaf_network.cca_projection is None:
+            raise ValueError(f"{type(self).__name__}: distillation weights {self.distillation_weights} need the "
+                             f"network's distillation heads (dmaf_network_kwargs distillation_heads=False)")
         self._ensure_dmaf_log_keys()
 
     def on_train_start(self):
@@ -117,19 +120,18 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         return mask.bool()
 
     def compute_losses(self, output, features: DMAFFeatures, target, present_modalities: torch.Tensor,
-                       distillation_features: DMAFFeatures | None = None
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       teacher_pairs: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its terms. features: restricted to the present pairs
-        (:meth:`DMAFFeatures.present_pairs`), for the uni-modal losses; distillation_features: the
-        pairs whose sample's fused feature is a teacher (default: ``features``); present_modalities:
-        bool [M] (CPU), modalities in the batch.
+        (:meth:`DMAFFeatures.present_pairs`); present_modalities: bool [M] (CPU), modalities in the
+        batch; teacher_pairs: bool [P] (CPU), the rows of ``features`` whose sample's fused feature is
+        a teacher (default: all). The distillation runs on every row, so that its heads take part in
+        every step (DDP needs a gradient for every parameter), and averages over the teacher rows.
 
         Terms: 'segmentation' (fused output, scalar), per modality [M] (0 where absent):
-        'unimodal' and each of LOSS_NAMES; 'pair_signal' [P] (rows of ``features``) and 'pair_gap'
-        [P'] (rows of ``distillation_features``) for DTM."""
-        distillation_features = features if distillation_features is None else distillation_features
+        'unimodal' and each of LOSS_NAMES; for DTM 'pair_signal' [P] and, if there is a teacher row,
+        'pair_gap' [P'] with 'pair_gap_modality' [P'] (the teacher rows)."""
         m_count = features.modality_mask.shape[1]
-        pair_sample = features.pair_index[:, 0]
+        pair_sample, pair_modality = features.pair_index[:, 0], features.pair_index[:, 1]
         pair_modality_host = features.pair_index_host[:, 1]
         terms: dict[str, torch.Tensor] = {"segmentation": self.loss(output, target)}
         per_modality = torch.zeros(m_count, device=output[0].device if isinstance(output, (list, tuple))
@@ -149,12 +151,18 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
             terms["pair_signal"] = per_sample_soft_dice_loss(
                 features.unimodal_logits[low], targets[low][pair_sample],
                 self.label_manager.has_regions, self.label_manager.ignore_label)
-        if self.distillation_enabled and len(distillation_features.pair_index_host):
-            pair_terms = self.distillation(distillation_features, target)
-            gap = sum(pair_terms.values())
-            terms["pair_gap"] = gap
+        if self.distillation_enabled:
+            pair_terms = self.distillation(features, target)
+            teacher_weights = None if teacher_pairs is None else \
+                teacher_pairs.to(per_modality.device, non_blocking=True).to(per_modality.dtype)
+            if teacher_pairs is None or bool(teacher_pairs.any()):
+                gap, modality = sum(pair_terms.values()), pair_modality
+                if teacher_pairs is not None:
+                    rows = torch.nonzero(teacher_pairs).flatten().to(gap.device, non_blocking=True)
+                    gap, modality = gap.index_select(0, rows), modality.index_select(0, rows)
+                terms["pair_gap"], terms["pair_gap_modality"] = gap, modality
             for name, values in pair_terms.items():
-                mean = per_modality_mean(values, distillation_features.pair_index[:, 1], m_count)
+                mean = per_modality_mean(values, pair_modality, m_count, teacher_weights)
                 terms[name] = mean
                 per_modality = per_modality + self.distillation_weights[name] * mean
         weights = self.dtm.weight_tensor(per_modality.device, per_modality.dtype)
@@ -178,9 +186,9 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             output, all_pairs = self.network(data, modality_mask=fusion_mask, return_features=True)  # CPU mask
             features = all_pairs.present_pairs(modality_mask)
-            # a sample fused from one modality has no teacher: its pairs skip the distillation
-            teachers = all_pairs.present_pairs(modality_mask & ~reduced[:, None]) if bool(reduced.any()) else features
-            loss, terms = self.compute_losses(output, features, target, present_modalities, teachers)
+            # a sample fused from one modality has no teacher: its pairs get weight 0 in the distillation
+            teacher_pairs = ~reduced[features.pair_index_host[:, 0]] if bool(reduced.any()) else None
+            loss, terms = self.compute_losses(output, features, target, present_modalities, teacher_pairs)
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -197,7 +205,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
 
         gap, signal = terms.get("pair_gap"), terms.get("pair_signal")
         if gap is not None:  # without the uni-modal decoder the gap is also the convergence signal
-            self.dtm.record(gap, gap if signal is None else None, teachers.pair_index[:, 1])
+            self.dtm.record(gap, gap if signal is None else None, terms["pair_gap_modality"])
         if signal is not None:
             self.dtm.record(None, signal, features.pair_index[:, 1])
         return {"loss": terms["segmentation"].detach().cpu().numpy()}
@@ -272,7 +280,9 @@ class nnUNetTrainerDMAF_tiny(nnUNetTrainerDMAF):
 # ---------------------------------------------------------------------- ablations (quality benchmark)
 class nnUNetTrainerDMAF_noDistill(nnUNetTrainerDMAF):
     """Ablation: no relation/prototype distillation (DTM then reweights nothing; its gradient scales
-    follow the uni-modal losses)."""
+    follow the uni-modal losses). The network has no distillation heads."""
+
+    dmaf_network_kwargs = {"distillation_heads": False}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

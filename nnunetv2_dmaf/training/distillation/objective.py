@@ -28,10 +28,13 @@ class DistillationSettings:
     prototype_min_mass: float = 1e-3
 
 
-def per_modality_mean(values: torch.Tensor, modality: torch.Tensor, num_modalities: int) -> torch.Tensor:
-    """values [P] of pairs with modality ids [P] -> [M] mean per modality (0 where it has no pair)."""
-    sums = values.new_zeros(num_modalities).index_add(0, modality, values)
-    counts = values.new_zeros(num_modalities).index_add(0, modality, torch.ones_like(values))
+def per_modality_mean(values: torch.Tensor, modality: torch.Tensor, num_modalities: int,
+                      weights: torch.Tensor | None = None) -> torch.Tensor:
+    """values [P] of pairs with modality ids [P] -> [M] mean per modality (0 where it has no pair),
+    weighted by ``weights`` [P] (0 or 1; default 1)."""
+    weights = torch.ones_like(values) if weights is None else weights.to(values.dtype)
+    sums = values.new_zeros(num_modalities).index_add(0, modality, values * weights)
+    counts = values.new_zeros(num_modalities).index_add(0, modality, weights)
     return sums / counts.clamp_min(1.0)
 
 
