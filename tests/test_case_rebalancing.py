@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nnunetv2_dmaf.availability import write_availability_table
-from nnunetv2_dmaf.training.case_rebalancing import expected_presence, rebalanced_case_probabilities
+from nnunetv2_dmaf.training.case_rebalancing import rebalanced_case_probabilities
+from nnunetv2_dmaf.training.fusion_rebalancing import presence_frequencies
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig
 
 NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -22,9 +23,9 @@ def test_a_case_is_weighted_by_its_rarest_modality():
     np.testing.assert_allclose(rebalanced_case_probabilities(config, ids[::-1], 1.0), p[::-1])  # order of ids
     milder = rebalanced_case_probabilities(config, ids, 0.5)
     assert milder[2] < p[2] and milder[0] > p[0]
-    presence = expected_presence(config, ids, p)
+    presence = presence_frequencies(config, ids, p)
     assert presence[2] > 0.25 and presence[3] > 0.25  # the rare ones are drawn more often
-    np.testing.assert_allclose(expected_presence(config, ids, np.full(4, 0.25)), [1, 0.75, 0.25, 0.25])
+    np.testing.assert_allclose(presence_frequencies(config, ids, np.full(4, 0.25)), [1, 0.75, 0.25, 0.25])
     # the frequencies come from the cases given (the training cases), not from the whole table
     np.testing.assert_allclose(rebalanced_case_probabilities(config, ["a", "c"], 1.0), [1 / 3, 2 / 3])
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from nnunetv2_dmaf.training.fusion_rebalancing import presence_frequencies
+from nnunetv2_dmaf.training.fusion_rebalancing import inverse_frequencies, presence_frequencies
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig
 
 
@@ -36,8 +36,7 @@ def rebalanced_case_probabilities(config: ModalityDropoutConfig, case_ids: list[
         raise ValueError(f"case rebalancing exponent must be >= 0, got {exponent}")
     if exponent == 0 or config.availability is None or not case_ids:
         return None
-    frequencies = presence_frequencies(config, case_ids)
-    rarity = np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0) ** exponent
+    rarity = inverse_frequencies(presence_frequencies(config, case_ids)) ** exponent
     available = np.stack([np.asarray(config.availability[c], dtype=bool) for c in case_ids])  # [N, M]
     weights = np.where(available, rarity[None], 0.0).max(1)  # a case counts as its rarest modality
     weights = np.where(weights > 0, weights, rarity[rarity > 0].min() if (rarity > 0).any() else 1.0)
@@ -45,9 +44,3 @@ def rebalanced_case_probabilities(config: ModalityDropoutConfig, case_ids: list[
         return None
     return weights / weights.sum()
 
-
-def expected_presence(config: ModalityDropoutConfig, case_ids: list[str], probabilities: np.ndarray) -> np.ndarray:
-    """[M] fraction of training draws in which each modality is present when case ``case_ids[i]`` is
-    drawn with ``probabilities[i]`` (needs the availability table)."""
-    available = np.stack([np.asarray(config.availability[c], dtype=np.float64) for c in case_ids])
-    return (np.asarray(probabilities) @ available) * (1.0 - np.asarray(config.missing_rates, dtype=np.float64))

@@ -25,16 +25,25 @@ import torch
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig
 
 
-def presence_frequencies(config: ModalityDropoutConfig, case_ids: list[str] | None = None) -> np.ndarray:
+def presence_frequencies(config: ModalityDropoutConfig, case_ids: list[str] | None = None,
+                         case_probabilities: np.ndarray | None = None) -> np.ndarray:
     """Expected fraction of training samples in which each modality is present, [M]: the table's
-    availability over ``case_ids`` (all rows if None; 1 without a table) times 1 - missing rate."""
+    availability over ``case_ids`` (all rows if None; 1 without a table), averaged uniformly or with
+    ``case_probabilities`` (one per entry of ``case_ids``), times 1 - missing rate."""
     m = len(config.channel_names)
     if config.availability is None:
         available = np.ones(m)
     else:
         keys = list(config.availability) if case_ids is None else [k for k in case_ids if k in config.availability]
-        available = np.stack([config.availability[k] for k in keys]).mean(0) if keys else np.ones(m)
+        rows = np.stack([config.availability[k] for k in keys]).astype(np.float64) if keys else np.ones((1, m))
+        available = rows.mean(0) if case_probabilities is None or not keys else np.asarray(case_probabilities) @ rows
     return available * (1.0 - np.asarray(config.missing_rates, dtype=np.float64))
+
+
+def inverse_frequencies(frequencies: np.ndarray) -> np.ndarray:
+    """[M] 1 / frequency, 0 for a modality that is never present (frequency 0)."""
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    return np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0)
 
 
 class SingleModalityFusionSampler:
@@ -49,9 +58,8 @@ class SingleModalityFusionSampler:
     def __init__(self, frequencies: np.ndarray, probability: float):
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"single-modality fusion probability must be in [0, 1], got {probability}")
-        frequencies = np.asarray(frequencies, dtype=np.float64)
         self.probability = probability
-        self.choice_weights = np.where(frequencies > 0, 1.0 / np.maximum(frequencies, 1e-12), 0.0)
+        self.choice_weights = inverse_frequencies(frequencies)
 
     def __call__(self, modality_mask: torch.Tensor, rng: np.random.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from torch._dynamo import OptimizedModule
 
 from nnunetv2_dmaf.availability import AvailabilityTableError, unknown_case_rows
-from nnunetv2_dmaf.training.case_rebalancing import expected_presence, rebalanced_case_probabilities
+from nnunetv2_dmaf.training.case_rebalancing import rebalanced_case_probabilities
 from nnunetv2_dmaf.training.channel_presence import ChannelPresenceTransform
 from nnunetv2_dmaf.training.data_loader import DMAFDataLoader
 from nnunetv2_dmaf.training.fusion_rebalancing import presence_frequencies
@@ -150,7 +150,7 @@ class nnUNetTrainerZeroFilled(nnUNetTrainer):
             configuration_error_exit(e)
         if self.case_rebalancing_exponent > 0:
             before = presence_frequencies(config, case_ids)
-            after = before if probabilities is None else expected_presence(config, case_ids, probabilities)
+            after = presence_frequencies(config, case_ids, probabilities)
             fmt = lambda v: {n: round(float(x), 3) for n, x in zip(config.channel_names, v)}  # noqa: E731
             self.print_to_log_file(f"DMAF training cases drawn by modality rarity (exponent "
                                    f"{self.case_rebalancing_exponent}): presence per draw {fmt(before)} -> {fmt(after)}")
