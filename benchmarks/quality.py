@@ -19,6 +19,14 @@ on a 2-core CPU.
 Resumable: everything lives in ``--work-dir``; a finished (trainer, seed) is never retrained or
 re-evaluated, an interrupted training continues from its last checkpoint (every 5 epochs). The
 settings are stored in ``settings.json``; a later run with other data/schedule settings is refused.
+
+Run records: every finished (trainer, seed) is also written as one JSON file (its subset
+evaluation, training curves and the commit it was trained and evaluated with) into
+``--records``/<settings>/ (default ``benchmarks/quality_records/``, committed with the code). The
+tables are made from these records, so runs of one setting add up over sessions and machines
+whose work dirs are gone: the generated data are the same for the same settings (seeded), and a
+recorded (trainer, seed) is not trained again.
+
 At the end (and with ``--report-only`` at any time, from whatever has finished) it prints the
 tables, writes them into the marked block of ``docs/benchmarks.md`` and the plots into
 ``docs/figures/quality_*.png``.
@@ -42,6 +50,9 @@ from typing import Sequence
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "benchmarks" / "quality_records"
+#: files whose changes change a training or evaluation (for the commit stored in the run records)
+CODE_PATHS = ("nnunetv2_dmaf", "benchmarks/quality.py", "setup.py", "constraints-cpu.txt")
 sys.path.insert(0, str(REPO))  # run from a checkout: the benchmark uses this checkout's helpers
 
 from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (  # noqa: E402
@@ -179,9 +190,14 @@ def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
                         f"see {log}")
 
 
+def settings_of(args: argparse.Namespace) -> dict:
+    """The data/schedule settings (DATA_SETTINGS) of a run."""
+    return {k: getattr(args, k) for k in DATA_SETTINGS}
+
+
 def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
     """Stores the data/schedule settings on the first run; refuses to resume with different ones."""
-    settings = {k: getattr(args, k) for k in DATA_SETTINGS}
+    settings = settings_of(args)
     path = work_dir / "settings.json"
     if path.is_file():
         stored = json.loads(path.read_text())
@@ -271,6 +287,61 @@ def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int)
     return out / "summary.json"
 
 
+# ------------------------------------------------------------------------------ run records
+def records_folder(records: Path, settings: dict) -> Path:
+    """``records``/<one folder per data/schedule setting, named by its values>."""
+    s = settings
+    return records / (f"train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}-"
+                      f"width{s['features']}-batch{s['batch_size']}-{s['epochs']}x{s['iterations']}"
+                      f"-val{s['val_iterations']}")
+
+
+def code_version() -> str:
+    """Short commit of this checkout, with '+uncommitted' if CODE_PATHS have uncommitted changes;
+    'unknown' outside a git checkout."""
+    try:
+        def git(*arguments: str) -> str:
+            return subprocess.run(["git", "-C", str(REPO), *arguments], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+uncommitted" if changed else "")
+
+
+def note_code_version(work_dir: Path, trainer: str, seed: int, step: str) -> None:
+    """Adds this checkout's ``code_version`` to ``provenance/<trainer>_seed<seed>.json`` under
+    ``step`` ('trained': at every start or continuation of the training; 'evaluated')."""
+    path = work_dir / "provenance" / f"{trainer}_seed{seed}.json"
+    provenance = json.loads(path.read_text()) if path.is_file() else {}
+    versions = provenance.setdefault(step, [])
+    if code_version() not in versions:
+        versions.append(code_version())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(provenance, indent=2))
+
+
+def record_path(records: Path, trainer: str, seed: int) -> Path:
+    return records / f"{trainer}_seed{seed}.json"
+
+
+def write_record(work_dir: Path, records: Path, trainer: str, seed: int) -> Path:
+    """The run record of a finished and evaluated (trainer, seed) of the work dir: trainer, seed,
+    settings, code (commits it was trained/evaluated with), the evaluation's summary.json and the
+    training curves. Runs from before records existed get the code 'unknown'."""
+    provenance = work_dir / "provenance" / f"{trainer}_seed{seed}.json"
+    record = {"trainer": trainer, "seed": seed, "settings": json.loads((work_dir / "settings.json").read_text()),
+              "code": json.loads(provenance.read_text()) if provenance.is_file() else
+              {"trained": ["unknown"], "evaluated": ["unknown"]},
+              "summary": json.loads((work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json").read_text()),
+              "curves": json.loads(ensure_curves(work_dir, trainer, seed).read_text())}
+    path = record_path(records, trainer, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(record, separators=(",", ":")) + "\n")
+    return path
+
+
 def training_curves(checkpoint: Path) -> dict:
     """Per-epoch logs of a finished training (nnU-Net's logger, from the final checkpoint)."""
     import torch
@@ -292,26 +363,32 @@ def ensure_curves(work_dir: Path, trainer: str, seed: int) -> Path:
     return curves
 
 
-def run_one(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> None:
-    """Trains, stores the curves, and evaluates one (trainer, seed) unless already done."""
+def run_one(work_dir: Path, records: Path, trainer: str, seed: int, args: argparse.Namespace) -> None:
+    """Trains, stores the curves, evaluates and records one (trainer, seed) unless already recorded."""
+    if record_path(records, trainer, seed).is_file():
+        return
     folder = model_folder(work_dir, trainer, seed)
     if not (folder / "checkpoint_final.pth").is_file():
         print(f"[{time.strftime('%H:%M:%S')}] training {trainer}, seed {seed} ...", flush=True)
+        note_code_version(work_dir, trainer, seed, "trained")
         seconds = train(work_dir, trainer, seed, args)
         print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
     ensure_curves(work_dir, trainer, seed)
     summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
     if not summary.is_file():
         print(f"[{time.strftime('%H:%M:%S')}] evaluating {trainer}, seed {seed} on 15 subsets ...", flush=True)
+        note_code_version(work_dir, trainer, seed, "evaluated")
         evaluate(work_dir, trainer, seed, args.device, args.threads)
+    print(f"[{time.strftime('%H:%M:%S')}] recorded {write_record(work_dir, records, trainer, seed)}", flush=True)
 
 
-def run_all(work_dir: Path, runs: Sequence[tuple[str, int]], args: argparse.Namespace) -> None:
+def run_all(work_dir: Path, records: Path, runs: Sequence[tuple[str, int]], args: argparse.Namespace) -> None:
     """Runs (trainer, seed) pairs in this order, ``args.jobs`` at a time. A failed run is reported
     and the others go on (DataError at the end); Ctrl-C/SIGTERM stops every running child."""
     failed = []
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_one, work_dir, trainer, seed, args): (trainer, seed) for trainer, seed in runs}
+        futures = {pool.submit(run_one, work_dir, records, trainer, seed, args): (trainer, seed)
+                   for trainer, seed in runs}
         try:
             for future in as_completed(futures):
                 if future.exception() is not None:
@@ -327,15 +404,17 @@ def run_all(work_dir: Path, runs: Sequence[tuple[str, int]], args: argparse.Name
 
 
 # ------------------------------------------------------------------------------ report
-def collect(work_dir: Path, trainers: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict]]:
-    """trainer -> seed -> summary.json of every finished evaluation."""
+def collect(work_dir: Path, records: Path, trainers: Sequence[str], seeds: Sequence[int]) -> dict[str, dict[int, dict]]:
+    """trainer -> seed -> run record, for every recorded (trainer, seed); a finished evaluation of
+    the work dir that has no record yet is recorded first."""
     results: dict[str, dict[int, dict]] = {}
     for trainer in trainers:
         for seed in seeds:
-            summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
-            if summary.is_file():
-                results.setdefault(trainer, {})[seed] = json.loads(summary.read_text())
-                ensure_curves(work_dir, trainer, seed)
+            path = record_path(records, trainer, seed)
+            if not path.is_file() and (work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json").is_file():
+                write_record(work_dir, records, trainer, seed)
+            if path.is_file():
+                results.setdefault(trainer, {})[seed] = json.loads(path.read_text())
     return results
 
 
@@ -351,7 +430,7 @@ def subset_dice(summary: dict) -> dict[str, dict[str, float]]:
 
 def seed_stats(per_seed: dict[int, dict], subset: str, key: str) -> tuple[float, float]:
     """Mean and standard deviation (ddof 1; NaN for a single seed) over seeds."""
-    values = [subset_dice(s)[subset][key] for s in per_seed.values()]
+    values = [subset_dice(r["summary"])[subset][key] for r in per_seed.values()]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
@@ -359,12 +438,12 @@ def fmt(mean_std: tuple[float, float]) -> str:
     return f"{mean_std[0]:.3f}" if np.isnan(mean_std[1]) else f"{mean_std[0]:.3f} ± {mean_std[1]:.3f}"
 
 
-def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
-    """Markdown tables: overview per trainer, per-subset Dice, target check."""
+def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
+    """Markdown tables: overview per trainer, per-subset Dice, target check, code per run."""
     trainers = [t for t in TRAINERS if t in results] + [t for t in results if t not in TRAINERS]
     if not trainers:
         return "No finished evaluation yet.\n"
-    first = next(iter(results[trainers[0]].values()))
+    first = next(iter(results[trainers[0]].values()))["summary"]
     regions = list(first["metadata"]["regions"])
     subsets = [row["subset"] for row in first["subsets"]]
     lines = [f"Settings: {args.num_training} training cases (fold 0: nnU-Net's 80/20 split), {args.num_test} "
@@ -377,7 +456,7 @@ def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.N
              "|---|---|---|" + "---|" * (len(regions) + 3)]
     for t in trainers:
         per_seed = results[t]
-        minutes = [sum(json.loads(ensure_curves(work_dir, t, s).read_text())["epoch_seconds"]) / 60 for s in per_seed]
+        minutes = [sum(r["curves"]["epoch_seconds"]) / 60 for r in per_seed.values()]
         cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
         cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
         cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
@@ -388,8 +467,20 @@ def report(work_dir: Path, results: dict[str, dict[int, dict]], args: argparse.N
               "|---|" + "---|" * len(trainers)]
     for subset in subsets:
         lines.append(f"| {subset} | " + " | ".join(fmt(seed_stats(results[t], subset, "mean")) for t in trainers) + " |")
-    lines += ["", *target_check(results, subsets)]
+    lines += ["", *target_check(results, subsets), "", code_versions(results, trainers)]
     return "\n".join(lines) + "\n"
+
+
+def code_versions(results: dict[str, dict[int, dict]], trainers: Sequence[str]) -> str:
+    """One line: which commits trained and evaluated which runs (from the run records)."""
+    runs: dict[str, list[str]] = {}
+    for t in trainers:
+        for seed, record in sorted(results[t].items()):
+            code = record["code"]
+            key = f"trained with {', '.join(code.get('trained', ['unknown']))}, evaluated with " \
+                  f"{', '.join(code.get('evaluated', ['unknown']))}"
+            runs.setdefault(key, []).append(f"{TRAINERS.get(t, t)} seed {seed}")
+    return "Code (commits, from the run records): " + "; ".join(f"{key}: {', '.join(r)}" for key, r in runs.items())
 
 
 def target_check(results: dict[str, dict[int, dict]], subsets: Sequence[str]) -> list[str]:
@@ -418,8 +509,9 @@ def target_check(results: dict[str, dict[int, dict]], subsets: Sequence[str]) ->
     return lines
 
 
-def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> list[Path]:
-    """Per-subset Dice (mean ± std over seeds) and validation pseudo-Dice curves; returns the files."""
+def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int) -> list[Path]:
+    """Per-subset Dice (mean ± std over seeds) and validation pseudo-Dice curves (validation on
+    ``num_validation`` cases); returns the files."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -427,7 +519,7 @@ def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> 
     if not trainers:
         return []
     figures.mkdir(parents=True, exist_ok=True)
-    first = next(iter(results[trainers[0]].values()))
+    first = next(iter(results[trainers[0]].values()))["summary"]
     subsets = [row["subset"] for row in first["subsets"]] + ["mean over subsets"]
     fig, ax = plt.subplots(figsize=(13, 4.8))
     width = 0.8 / len(trainers)
@@ -448,10 +540,7 @@ def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, t in enumerate(trainers):
         for seed in sorted(results[t]):
-            path = work_dir / "curves" / f"{t}_seed{seed}.json"
-            if not path.is_file():
-                continue
-            curves = json.loads(path.read_text())
+            curves = results[t][seed]["curves"]
             label = TRAINERS.get(t, t) if seed == min(results[t]) else None
             for ax, values in zip(axes, (curves["train_losses"], curves["mean_fg_dice"],
                                          [d[-1] for d in curves["dice_per_class_or_region"]])):
@@ -465,7 +554,7 @@ def plot(work_dir: Path, results: dict[str, dict[int, dict]], figures: Path) -> 
     axes[2].set_ylim(0, 1)
     axes[0].legend(fontsize=7)
     fig.suptitle("one line per seed (thin: per epoch, thick: 5-epoch moving average); validation on fold 0's "
-                 "8 validation cases with their table modalities only", fontsize=9)
+                 f"{num_validation} validation cases with their table modalities only", fontsize=9)
     fig.tight_layout()
     curves_png = figures / "quality_curves.png"
     fig.savefig(curves_png, dpi=110)
@@ -502,20 +591,23 @@ def build_parser() -> argparse.ArgumentParser:
                         help="-tr names, run in this order for all seeds (default: (a), (b), (c), ablations)")
     parser.add_argument("--docs-dir", type=Path, default=REPO / "docs",
                         help="where benchmarks.md and figures/ are written (default %(default)s)")
-    parser.add_argument("--report-only", action="store_true", help="only tables and plots from finished runs")
+    parser.add_argument("--records", type=Path, default=RECORDS,
+                        help="run records, one folder per data/schedule setting (default %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="only tables and plots from recorded runs")
     parser.add_argument("--no-docs", action="store_true", help="print the tables, write nothing into docs")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/evaluations run at the same time (default 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per training (default 1: on a busy 2-core machine more threads "
                              "oversubscribe the cores and run several times slower)")
     data = parser.add_argument_group("data and schedule (fixed per work dir)")
-    data.add_argument("--num-training", type=int, default=40)
+    data.add_argument("--num-training", type=int, default=120,
+                      help="training cases (default 120: fold 0 then trains on 96, 17 of them with T2)")
     data.add_argument("--num-test", type=int, default=10)
     data.add_argument("--spacing", type=float, default=6.0, help="isotropic voxel size in mm (default 6)")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the generated cases and of the table")
     data.add_argument("--features", type=int, default=16, help="first-stage width of 3d_quality (default 16)")
     data.add_argument("--batch-size", type=int, default=2)
-    data.add_argument("--epochs", type=int, default=30)
+    data.add_argument("--epochs", type=int, default=100)
     data.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     data.add_argument("--val-iterations", type=int, default=4, help="validation iterations per epoch")
     return parser
@@ -531,14 +623,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         comparison.sort(key=lambda t: t != DMAF)  # per seed the slowest run, (c), starts first
         runs = [(trainer, seed) for group in (comparison, [t for t in args.trainers if t not in comparison])
                 for seed in args.seeds for trainer in group]  # (a)-(c) for every seed first, then ablations
-        run_all(work_dir, runs, args)
+        run_all(work_dir, records_folder(args.records, settings_of(args)), runs, args)
     elif (work_dir / "settings.json").is_file():
         vars(args).update(json.loads((work_dir / "settings.json").read_text()))
-    results = collect(work_dir, args.trainers, args.seeds)
-    tables = report(work_dir, results, args)
+    records = records_folder(args.records, settings_of(args))
+    results = collect(work_dir, records, args.trainers, args.seeds)
+    print(f"run records: {records}")
+    tables = report(results, args)
     print(tables)
     if not args.no_docs and results:
-        for path in plot(work_dir, results, args.docs_dir / "figures"):
+        for path in plot(results, args.docs_dir / "figures", args.num_training - args.num_training * 4 // 5):
             print(f"wrote {path}")
         write_docs(args.docs_dir, tables)
         print(f"wrote the tables into {args.docs_dir / 'benchmarks.md'}")

@@ -60,3 +60,44 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     args.epochs += 1
     with pytest.raises(quality.UsageError, match="epochs"):
         quality.check_settings(tmp_path, args)
+
+
+def fake_finished_run(work_dir: Path, trainer: str, seed: int, dice: float) -> None:
+    """What a finished (trainer, seed) leaves in a work dir: its evaluation summary, curves, provenance."""
+    regions = ["whole tumor", "tumor core", "enhancing tumor"]
+    rows = [{"subset": s, **{f"Dice {r}": dice for r in regions}} for s in ("T1", "T2", "FLAIR", "T1+T2")]
+    summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
+    summary.parent.mkdir(parents=True)
+    summary.write_text(json.dumps({"metadata": {"regions": regions}, "subsets": rows,
+                                   "mean_over_subsets": {f"Dice {r}": dice for r in regions}}))
+    curves = work_dir / "curves" / f"{trainer}_seed{seed}.json"
+    curves.parent.mkdir(parents=True, exist_ok=True)
+    curves.write_text(json.dumps({"epoch_seconds": [60.0, 60.0], "train_losses": [0.5, 0.4], "mean_fg_dice": [0.1, 0.2],
+                                  "dice_per_class_or_region": [[0.1], [0.2]]}))
+    quality.note_code_version(work_dir, trainer, seed, "trained")
+
+
+def test_run_records_keep_results_when_the_work_dir_is_gone(tmp_path):
+    work_dir, records_root = tmp_path / "work", tmp_path / "records"
+    args = quality.build_parser().parse_args(["--work-dir", str(work_dir), "--num-training", "120", "--epochs", "100"])
+    quality.check_settings(work_dir, args)
+    records = quality.records_folder(records_root, quality.settings_of(args))
+    assert records.name == "train120-test10-6mm-data0-width16-batch2-100x25-val4"
+    for seed, dice in ((0, 0.6), (1, 0.7)):
+        fake_finished_run(work_dir, "nnUNetTrainerChannelDropout", seed, dice)
+    results = quality.collect(work_dir, records, ["nnUNetTrainerChannelDropout"], [0, 1, 2])
+    assert sorted(results["nnUNetTrainerChannelDropout"]) == [0, 1]
+    record = json.loads(quality.record_path(records, "nnUNetTrainerChannelDropout", 1).read_text())
+    assert record["settings"]["num_training"] == 120 and record["code"]["trained"] == [quality.code_version()]
+    assert record["curves"]["epoch_seconds"] == [60.0, 60.0]
+
+    import shutil
+    shutil.rmtree(work_dir)  # a later session: the work dir is gone, the records are committed
+    again = quality.collect(work_dir, records, ["nnUNetTrainerChannelDropout"], [0, 1, 2])
+    assert again == results
+    table = quality.report(again, args)
+    assert "| (b) (a) + channel dropout | 0,1 | 2.0 |" in table and "**0.650 ± 0.071**" in table
+    assert f"trained with {quality.code_version()}" in table
+    # a recorded run is not trained again (here it would fail: the work dir holds no data)
+    quality.run_one(work_dir, records, "nnUNetTrainerChannelDropout", 0, args)
+    assert not work_dir.exists()
