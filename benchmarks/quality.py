@@ -315,9 +315,9 @@ def note_code_version(work_dir: Path, trainer: str, seed: int, step: str) -> Non
     ``step`` ('trained': at every start or continuation of the training; 'evaluated')."""
     path = work_dir / "provenance" / f"{trainer}_seed{seed}.json"
     provenance = json.loads(path.read_text()) if path.is_file() else {}
-    versions = provenance.setdefault(step, [])
-    if code_version() not in versions:
-        versions.append(code_version())
+    versions, version = provenance.setdefault(step, []), code_version()
+    if version not in versions:
+        versions.append(version)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(provenance, indent=2))
 
