@@ -473,14 +473,16 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
 
 def code_versions(results: dict[str, dict[int, dict]], trainers: Sequence[str]) -> str:
     """One line: which commits trained and evaluated which runs (from the run records)."""
-    runs: dict[str, list[str]] = {}
+    runs: dict[str, dict[str, list[str]]] = {}  # commits -> trainer -> seeds
     for t in trainers:
         for seed, record in sorted(results[t].items()):
             code = record["code"]
             key = f"trained with {', '.join(code.get('trained', ['unknown']))}, evaluated with " \
                   f"{', '.join(code.get('evaluated', ['unknown']))}"
-            runs.setdefault(key, []).append(f"{TRAINERS.get(t, t)} seed {seed}")
-    return "Code (commits, from the run records): " + "; ".join(f"{key}: {', '.join(r)}" for key, r in runs.items())
+            runs.setdefault(key, {}).setdefault(TRAINERS.get(t, t), []).append(str(seed))
+    return "Code (commits, from the run records): " + "; ".join(
+        f"{key}: " + ", ".join(f"{t} seed{'s' if len(s) > 1 else ''} {','.join(s)}" for t, s in by_trainer.items())
+        for key, by_trainer in runs.items())
 
 
 def target_check(results: dict[str, dict[int, dict]], subsets: Sequence[str]) -> list[str]:
