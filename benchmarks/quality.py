@@ -275,8 +275,13 @@ def train(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> 
     return time.perf_counter() - start
 
 
+def evaluation_summary(work_dir: Path, trainer: str, seed: int) -> Path:
+    """summary.json of the subset evaluation of (trainer, seed) in the work dir."""
+    return work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
+
+
 def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int) -> Path:
-    out = work_dir / "evaluation" / f"seed_{seed}" / trainer
+    out = evaluation_summary(work_dir, trainer, seed).parent
     out.parent.mkdir(parents=True, exist_ok=True)
     raw = work_dir / "raw" / DATASET
     # the same interpreter as the trainings (not whichever nnUNetv2_dmaf_evaluate_subsets is first on PATH)
@@ -334,7 +339,7 @@ def write_record(work_dir: Path, records: Path, trainer: str, seed: int) -> Path
     record = {"trainer": trainer, "seed": seed, "settings": json.loads((work_dir / "settings.json").read_text()),
               "code": json.loads(provenance.read_text()) if provenance.is_file() else
               {"trained": ["unknown"], "evaluated": ["unknown"]},
-              "summary": json.loads((work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json").read_text()),
+              "summary": json.loads(evaluation_summary(work_dir, trainer, seed).read_text()),
               "curves": json.loads(ensure_curves(work_dir, trainer, seed).read_text())}
     path = record_path(records, trainer, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -374,8 +379,7 @@ def run_one(work_dir: Path, records: Path, trainer: str, seed: int, args: argpar
         seconds = train(work_dir, trainer, seed, args)
         print(f"[{time.strftime('%H:%M:%S')}] {trainer}, seed {seed}: trained in {seconds / 60:.1f} min", flush=True)
     ensure_curves(work_dir, trainer, seed)
-    summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
-    if not summary.is_file():
+    if not evaluation_summary(work_dir, trainer, seed).is_file():
         print(f"[{time.strftime('%H:%M:%S')}] evaluating {trainer}, seed {seed} on 15 subsets ...", flush=True)
         note_code_version(work_dir, trainer, seed, "evaluated")
         evaluate(work_dir, trainer, seed, args.device, args.threads)
@@ -411,7 +415,7 @@ def collect(work_dir: Path, records: Path, trainers: Sequence[str], seeds: Seque
     for trainer in trainers:
         for seed in seeds:
             path = record_path(records, trainer, seed)
-            if not path.is_file() and (work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json").is_file():
+            if not path.is_file() and evaluation_summary(work_dir, trainer, seed).is_file():
                 write_record(work_dir, records, trainer, seed)
             if path.is_file():
                 results.setdefault(trainer, {})[seed] = json.loads(path.read_text())
