@@ -315,10 +315,15 @@ def code_version() -> str:
     return commit + ("+uncommitted" if changed else "")
 
 
+def provenance_path(work_dir: Path, trainer: str, seed: int) -> Path:
+    """The commits that trained and evaluated (trainer, seed) in the work dir (JSON)."""
+    return work_dir / "provenance" / f"{trainer}_seed{seed}.json"
+
+
 def note_code_version(work_dir: Path, trainer: str, seed: int, step: str) -> None:
     """Adds this checkout's ``code_version`` to ``provenance/<trainer>_seed<seed>.json`` under
     ``step`` ('trained': at every start or continuation of the training; 'evaluated')."""
-    path = work_dir / "provenance" / f"{trainer}_seed{seed}.json"
+    path = provenance_path(work_dir, trainer, seed)
     provenance = json.loads(path.read_text()) if path.is_file() else {}
     versions, version = provenance.setdefault(step, []), code_version()
     if version not in versions:
@@ -335,7 +340,7 @@ def write_record(work_dir: Path, records: Path, trainer: str, seed: int) -> Path
     """The run record of a finished and evaluated (trainer, seed) of the work dir: trainer, seed,
     settings, code (commits it was trained/evaluated with), the evaluation's summary.json and the
     training curves. Runs from before records existed get the code 'unknown'."""
-    provenance = work_dir / "provenance" / f"{trainer}_seed{seed}.json"
+    provenance = provenance_path(work_dir, trainer, seed)
     record = {"trainer": trainer, "seed": seed, "settings": json.loads((work_dir / "settings.json").read_text()),
               "code": json.loads(provenance.read_text()) if provenance.is_file() else
               {"trained": ["unknown"], "evaluated": ["unknown"]},
@@ -622,6 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     work_dir = args.work_dir.resolve()
+    if args.report_only and (work_dir / "settings.json").is_file():
+        vars(args).update(json.loads((work_dir / "settings.json").read_text()))
+    records = records_folder(args.records, settings_of(args))
     if not args.report_only:
         check_settings(work_dir, args)
         prepare(work_dir, args)
@@ -629,10 +637,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         comparison.sort(key=lambda t: t != DMAF)  # per seed the slowest run, (c), starts first
         runs = [(trainer, seed) for group in (comparison, [t for t in args.trainers if t not in comparison])
                 for seed in args.seeds for trainer in group]  # (a)-(c) for every seed first, then ablations
-        run_all(work_dir, records_folder(args.records, settings_of(args)), runs, args)
-    elif (work_dir / "settings.json").is_file():
-        vars(args).update(json.loads((work_dir / "settings.json").read_text()))
-    records = records_folder(args.records, settings_of(args))
+        run_all(work_dir, records, runs, args)
     results = collect(work_dir, records, args.trainers, args.seeds)
     print(f"run records: {records}")
     tables = report(results, args)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +67,7 @@ def fake_finished_run(work_dir: Path, trainer: str, seed: int, dice: float) -> N
     """What a finished (trainer, seed) leaves in a work dir: its evaluation summary, curves, provenance."""
     regions = ["whole tumor", "tumor core", "enhancing tumor"]
     rows = [{"subset": s, **{f"Dice {r}": dice for r in regions}} for s in ("T1", "T2", "FLAIR", "T1+T2")]
-    summary = work_dir / "evaluation" / f"seed_{seed}" / trainer / "summary.json"
+    summary = quality.evaluation_summary(work_dir, trainer, seed)
     summary.parent.mkdir(parents=True)
     summary.write_text(json.dumps({"metadata": {"regions": regions}, "subsets": rows,
                                    "mean_over_subsets": {f"Dice {r}": dice for r in regions}}))
@@ -91,7 +92,6 @@ def test_run_records_keep_results_when_the_work_dir_is_gone(tmp_path):
     assert record["settings"]["num_training"] == 120 and record["code"]["trained"] == [quality.code_version()]
     assert record["curves"]["epoch_seconds"] == [60.0, 60.0]
 
-    import shutil
     shutil.rmtree(work_dir)  # a later session: the work dir is gone, the records are committed
     again = quality.collect(work_dir, records, ["nnUNetTrainerChannelDropout"], [0, 1, 2])
     assert again == results
