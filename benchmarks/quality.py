@@ -517,7 +517,32 @@ def target_check(results: dict[str, dict[int, dict]], subsets: Sequence[str]) ->
             if subset in subsets:
                 d, b = seed_stats(results[trainer], subset, "mean")[0], seed_stats(results[best], subset, "mean")[0]
                 lines.append(f"- {subset} alone: {d:.3f} vs {b:.3f} ({'not below' if d >= b else 'below'} the baseline)")
+        lines += paired_cases(results[trainer], results[best])
     return lines
+
+
+def case_dice(per_seed: dict[int, dict]) -> dict[str, float]:
+    """Test case -> Dice averaged over regions, subsets and seeds (the evaluations' per-case rows)."""
+    values: dict[str, list[float]] = {}
+    for record in per_seed.values():
+        regions = list(record["summary"]["metadata"]["regions"])
+        for row in record["summary"].get("per_case", []):
+            values.setdefault(row["case"], []).append(float(np.mean([row[f"Dice {r}"] for r in regions])))
+    return {case: float(np.mean(v)) for case, v in values.items()}
+
+
+def paired_cases(candidate: dict[int, dict], baseline: dict[int, dict]) -> list[str]:
+    """One line comparing two trainers case by case on the same test cases (Wilcoxon signed-rank):
+    the test-set uncertainty that the seed std does not show. Empty with fewer than 2 shared cases."""
+    from scipy.stats import wilcoxon
+    ours, theirs = case_dice(candidate), case_dice(baseline)
+    cases = sorted(set(ours) & set(theirs))
+    if len(cases) < 2:
+        return []
+    diff = np.array([ours[c] - theirs[c] for c in cases])
+    p = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else 1.0
+    return [f"- per test case (Dice over regions, subsets and seeds): above the baseline on {int(np.sum(diff > 0))} "
+            f"of {len(cases)} cases, mean difference {diff.mean():+.3f}, Wilcoxon signed-rank p = {p:.2g}"]
 
 
 def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int) -> list[Path]:

@@ -1,4 +1,4 @@
-"""benchmarks/quality.py building blocks (no training): the mr2468 availability table and the plans variant."""
+"""benchmarks/quality.py building blocks (no training): the mr2468 availability table, the plans variant, run records and the report."""
 from __future__ import annotations
 
 import importlib.util
@@ -101,3 +101,27 @@ def test_run_records_keep_results_when_the_work_dir_is_gone(tmp_path):
     # a recorded run is not trained again (here it would fail: the work dir holds no data)
     quality.run_one(work_dir, records, "nnUNetTrainerChannelDropout", 0, args)
     assert not work_dir.exists()
+
+
+def per_case_record(dice_per_case: list[float]) -> dict:
+    """A run record whose evaluation has one subset row and one per-case row per test case."""
+    regions = ["whole tumor", "tumor core", "enhancing tumor"]
+    mean = {f"Dice {r}": float(np.mean(dice_per_case)) for r in regions}
+    per_case = [{"subset": "T2", "case": f"case_{i}", **{f"Dice {r}": d for r in regions}}
+                for i, d in enumerate(dice_per_case)]
+    return {"summary": {"metadata": {"regions": regions}, "subsets": [{"subset": "T2", **mean}],
+                        "mean_over_subsets": mean, "per_case": per_case}}
+
+
+def test_target_check_compares_the_same_test_cases_pairwise():
+    baseline = np.linspace(0.5, 0.7, 10)
+    results = {"nnUNetTrainerChannelDropout": {s: per_case_record(list(baseline)) for s in (0, 1)},
+               "nnUNetTrainerDMAF": {0: per_case_record(list(baseline + 0.05)),
+                                     1: per_case_record(list(baseline + 0.03 - 0.1 * (np.arange(10) == 0)))}}
+    lines = quality.target_check(results, ["T2"])
+    # per case, mean over seeds: +0.04 on nine cases, -0.01 on case 0 (+0.05, -0.07): 9 of 10 above, W- = 1
+    paired = [line for line in lines if line.startswith("- per test case")]
+    assert paired == ["- per test case (Dice over regions, subsets and seeds): above the baseline on 9 of 10 cases, "
+                      "mean difference +0.035, Wilcoxon signed-rank p = 0.0039"]
+    results["nnUNetTrainerDMAF"] = {0: per_case_record([0.9])}  # one test case: nothing to pair
+    assert not [line for line in quality.target_check(results, ["T2"]) if line.startswith("- per test case")]
