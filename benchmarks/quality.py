@@ -186,7 +186,8 @@ def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
         finally:
             RUNNING.discard(process)
     if returncode != 0:
-        raise DataError(f"{Path(cmd[0]).name} {cmd[1] if cmd[1] != '-c' else ''} failed (exit {returncode}); "
+        what = Path(cmd[0]).name + ("" if cmd[1] == "-c" else f" {cmd[1]}")
+        raise DataError(f"{what} failed (exit {returncode}); "
                         f"see {log}")
 
 
