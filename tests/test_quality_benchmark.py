@@ -125,3 +125,15 @@ def test_target_check_compares_the_same_test_cases_pairwise():
                       "mean difference +0.035, Wilcoxon signed-rank p = 0.0039"]
     results["nnUNetTrainerDMAF"] = {0: per_case_record([0.9])}  # one test case: nothing to pair
     assert not [line for line in quality.target_check(results, ["T2"]) if line.startswith("- per test case")]
+
+
+def test_whole_target_needs_the_mean_margin_and_the_rare_subsets():
+    results = {"nnUNetTrainerChannelDropout": {s: per_case_record([0.50 + 0.01 * s] * 10) for s in (0, 1, 2)},
+               "nnUNetTrainerDMAF": {s: per_case_record([0.60 + 0.01 * s] * 10) for s in (0, 1, 2)}}
+    lines = quality.target_check(results, ["T2"])
+    assert lines[0].endswith("difference +0.100, 2 x seed std 0.020: met")
+    assert lines[-1] == "- whole target: **met**"
+    results["nnUNetTrainerDMAF"] = {s: per_case_record([0.45 + 0.01 * s] * 10) for s in (0, 1, 2)}
+    lines = quality.target_check(results, ["T2"])  # T2 alone is the one subset: below the baseline
+    assert lines[0].endswith(": not met") and "- T2 alone: 0.460 vs 0.510 (below the baseline)" in lines
+    assert lines[-1] == "- whole target: **not met** (T2 alone below the baseline)"
