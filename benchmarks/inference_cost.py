@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"DMAF-Net {'from ' + str(args.plans) if args.plans else '(BraTS-like 3d_fullres config)'}: "
           f"{num} modalities, {params:.2f} M parameters, patch {list(patch)}, batch 1, device {device}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats} forward passes")
-    print(f"| present | example subset | GFLOPs | rel. FLOPs | encoders' share | ms / forward | rel. time |")
+    print("| present | example subset | GFLOPs | rel. FLOPs | encoders' share | ms / forward | rel. time |")
     print("|---:|---|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['k']} | {r['subset']} | {r['flops'] / 1e9:.2f} | {r['flops'] / full['flops']:.2f} | "

@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from nnunetv2_dmaf.dataset_conversion._common import staged_folder, write_dataset_json
+from nnunetv2_dmaf.dataset_conversion.case_conversion import write_dataset_json
 from nnunetv2_dmaf.dataset_conversion.convert_brats import CHANNEL_NAMES, LABELS, REGIONS_CLASS_ORDER
+from nnunetv2_dmaf.dataset_conversion.output_folders import staged_folder
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",

@@ -12,7 +12,7 @@ from command_exit import exit_status
 import SimpleITK as sitk
 
 from nnunetv2_dmaf.dataset_conversion import convert_brats
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 
 SHAPE = (6, 7, 8)  # numpy order (z, y, x)
 SPACING = (0.9, 1.1, 1.3)

@@ -10,7 +10,7 @@ from command_exit import exit_status
 import SimpleITK as sitk
 
 from nnunetv2_dmaf.dataset_conversion import convert_myops2020 as myops
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 
 SHAPE = (3, 10, 9)  # numpy order: few thick slices, as cardiac MR
 SPACING = (1.25, 1.25, 8.0)

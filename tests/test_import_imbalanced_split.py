@@ -11,7 +11,7 @@ import pytest
 from command_exit import exit_status
 
 from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 from nnunetv2_dmaf.availability import (AVAILABILITY_FILENAME, AvailabilityTableError, read_availability_table,
                                         write_availability_table)
 

@@ -168,7 +168,7 @@ def test_bad_inputs_are_reported_by_case_and_file_and_other_cases_still_predicte
         assert file_name in lines[0] and reason in lines[0], lines[0]
         assert not (tmp_path / "out" / f"{case}.nii.gz").exists()
     assert "Traceback" not in errors
-    assert f"9 case(s) failed" in errors
+    assert "9 case(s) failed" in errors
     # the stray file is reported as an ignored file, not as a failure of the case FULL that was predicted
     assert f"IGNORED file {folder / FULL}.nii.gz: not a channel file" in errors
     assert f"case '{FULL}'" not in errors

@@ -15,7 +15,7 @@ from command_exit import exit_status
 
 from nnunetv2_dmaf.dataset_conversion import convert_myops2020 as myops
 from nnunetv2_dmaf.dataset_conversion import published_protocol as protocol
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -16,7 +16,6 @@ from conftest import CONFIGURATION, DATASET_ID, DATASET_NAME, nnunet_env, run_co
 from modality_blocks import modality_gradient_norm, modality_grads, modality_params
 from nnunetv2_dmaf.availability import write_availability_table
 from nnunetv2_dmaf.training.distillation import LOSS_NAMES
-from nnunetv2_dmaf.training.nnUNetTrainerDMAF import nnUNetTrainerDMAF
 
 TRAINER = "nnUNetTrainerDMAF_tiny"
 FOLD = 1

@@ -30,7 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError, ConversionUsageError, format_list, output_root
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
+from nnunetv2_dmaf.dataset_conversion.output_folders import output_root
 from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
 from nnunetv2_dmaf.csv_input import read_csv_rows
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,

@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError, ConversionUsageError, format_list
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
 from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (
     case_id_from_data_name, dataset_channels_and_cases, masks_in_channel_order, read_split_table,
     resolve_dataset_folder)

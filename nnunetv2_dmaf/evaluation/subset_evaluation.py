@@ -45,7 +45,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunetv2_dmaf.dataset_conversion._common import ConversionError, check_nifti_complete
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
+from nnunetv2_dmaf.dataset_conversion.image_files import check_nifti_complete
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order

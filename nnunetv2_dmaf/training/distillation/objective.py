@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from nnunetv2_dmaf.architecture.dmaf_net import DMAFFeatures
 from nnunetv2_dmaf.training.distillation.prototype import prototype_alignment, region_masks

@@ -15,7 +15,6 @@ The target is area-downsampled to the feature resolution, so each voxel's member
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 
