@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nnunetv2_dmaf.architecture.attention_bias import key_padding_bias
+
 
 def level_tokens(features: torch.Tensor, max_cells: int) -> torch.Tensor:
     """[N, C, *S] -> tokens [N, T, C], average-pooled to at most ``max_cells`` per axis."""
@@ -72,8 +74,7 @@ class MaskedAttentionAlignment(nn.Module):
         v = F.linear(teacher_tokens, w_v, b_v).view(p, s, heads, c // heads).transpose(1, 2)
         bias = None
         if key_padding_mask is not None:
-            bias = torch.zeros((p, s), dtype=q.dtype, device=q.device).masked_fill_(key_padding_mask, float("-inf")) \
-                if key_padding_mask.dtype == torch.bool else key_padding_mask.to(q.dtype)
-            bias = bias.view(p, 1, 1, s)
+            bias = key_padding_bias(key_padding_mask, q.dtype) if key_padding_mask.dtype == torch.bool \
+                else key_padding_mask.to(q.dtype).view(p, 1, 1, s)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [P, heads, T, C / heads]
         return F.linear(attended.transpose(1, 2).reshape(p, t, c), attn.out_proj.weight, attn.out_proj.bias)

@@ -34,6 +34,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.conv import _ConvNd
 
+from nnunetv2_dmaf.architecture.attention_bias import key_padding_bias
+
 FUSION_MODES = ("attention", "mean")
 
 
@@ -146,8 +148,8 @@ class DMAFFusion(nn.Module):
         """The key padding mask as an additive attention bias [B, 1, 1, M*T] (0 for the tokens of
         present modalities, -inf for missing ones), shared by all layers (and levels, with ``memo``)."""
         b, m, t = missing.shape[0], missing.shape[1], tokens_per_modality
-        return _memo(memo, ("attention_bias", t, dtype), lambda: torch.zeros((b, m, t), dtype=dtype, device=missing.device)
-                     .masked_fill_(missing.view(b, m, 1), float("-inf")).view(b, 1, 1, m * t))
+        return _memo(memo, ("attention_bias", t, dtype),
+                     lambda: key_padding_bias(missing.view(b, m, 1).expand(b, m, t).reshape(b, m * t), dtype))
 
     @staticmethod
     def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attention_bias: torch.Tensor,
