@@ -428,14 +428,18 @@ def collect(work_dir: Path, records: Path, trainers: Sequence[str], seeds: Seque
     return results
 
 
+def region_mean(row: dict, regions: Sequence[str]) -> float:
+    """Dice averaged over the regions of one evaluation row (a subset, the mean over subsets or a case)."""
+    return float(np.mean([row[f"Dice {r}"] for r in regions]))
+
+
 def subset_dice(summary: dict) -> dict[str, dict[str, float]]:
     """subset name -> region -> Dice (mean over test cases), plus 'mean' = mean over regions;
     the key 'mean over subsets' holds the same for the mean over the 15 subsets."""
     regions = list(summary["metadata"]["regions"])
     rows = {row["subset"]: row for row in summary["subsets"]}
     rows["mean over subsets"] = summary["mean_over_subsets"]
-    return {name: {**{r: row[f"Dice {r}"] for r in regions}, "mean": float(np.mean([row[f"Dice {r}"] for r in regions]))}
-            for name, row in rows.items()}
+    return {name: {**{r: row[f"Dice {r}"] for r in regions}, "mean": region_mean(row, regions)} for name, row in rows.items()}
 
 
 def seed_stats(per_seed: dict[int, dict], subset: str, key: str) -> tuple[float, float]:
@@ -532,7 +536,7 @@ def case_dice(per_seed: dict[int, dict]) -> dict[str, float]:
     for record in per_seed.values():
         regions = list(record["summary"]["metadata"]["regions"])
         for row in record["summary"].get("per_case", []):
-            values.setdefault(row["case"], []).append(float(np.mean([row[f"Dice {r}"] for r in regions])))
+            values.setdefault(row["case"], []).append(region_mean(row, regions))
     return {case: float(np.mean(v)) for case, v in values.items()}
 
 
