@@ -29,7 +29,10 @@ recorded (trainer, seed) is not trained again.
 
 At the end (and with ``--report-only`` at any time, from whatever has finished) it prints the
 tables, writes them into the marked block of ``docs/benchmarks.md`` and the plots into
-``docs/figures/quality_*.png``.
+``docs/figures/quality_*.png``. Settings other than the defaults (e.g. ``--epochs 200``, the plateau
+check) have a block and plots of their own, named by their records folder (``docs_markers``). The
+overview table has a convergence column: the validation pseudo-Dice over the last 10 % of the
+epochs and its change against the 10 % before (``plateau``).
 
 Usage::
 
@@ -466,8 +469,9 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
              f"{args.iterations} iterations ({args.epochs * args.iterations} iterations); no TTA. "
              f"Values: Dice, mean ± std over the seeds listed.", "",
              "| trainer | seeds | training min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
-             + " | **mean over 15 subsets** | T2 alone | FLAIR alone |",
-             "|---|---|---|" + "---|" * (len(regions) + 3)]
+             + " | **mean over 15 subsets** | T2 alone | FLAIR alone | val. pseudo-Dice, last 10 % of epochs "
+             "(change vs the 10 % before) |",
+             "|---|---|---|" + "---|" * (len(regions) + 4)]
     for t in trainers:
         per_seed = results[t]
         minutes = [sum(r["curves"]["epoch_seconds"]) / 60 for r in per_seed.values()]
@@ -475,6 +479,8 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
         cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
         cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
         cells += [fmt(seed_stats(per_seed, s, "mean")) for s in RARE_SUBSETS]
+        cells += [", ".join(f"{end:.2f} ({change:+.3f})" for end, change in
+                            (plateau(per_seed[seed]["curves"]["mean_fg_dice"]) for seed in sorted(per_seed)))]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per subset (Dice averaged over WT/TC/ET and the test cases; mean ± std over seeds):", "",
               "| subset | " + " | ".join(TRAINERS.get(t, t) for t in trainers) + " |",
@@ -483,6 +489,17 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
         lines.append(f"| {subset} | " + " | ".join(fmt(seed_stats(results[t], subset, "mean")) for t in trainers) + " |")
     lines += ["", *target_check(results, subsets), "", code_versions(results, trainers)]
     return "\n".join(lines) + "\n"
+
+
+def plateau(pseudo_dice: Sequence[float], fraction: float = 0.1) -> tuple[float, float]:
+    """Convergence of a validation curve ([epochs]): the mean over the last ``fraction`` of the epochs
+    (at least one) and its change against the mean over the ``fraction`` before. A change near 0 is
+    a plateau; nnU-Net's poly learning rate is near 0 in the last 10 % of any schedule, so a curve that
+    still rises there would rise further with a longer schedule."""
+    values = np.asarray(pseudo_dice, dtype=float)
+    window = max(1, int(round(len(values) * fraction)))
+    last, before = values[-window:], values[-2 * window:-window]
+    return float(last.mean()), float(last.mean() - before.mean()) if len(before) else float("nan")
 
 
 def code_versions(results: dict[str, dict[int, dict]], trainers: Sequence[str]) -> str:
@@ -554,9 +571,11 @@ def paired_cases(candidate: dict[int, dict], baseline: dict[int, dict]) -> list[
             f"of {len(cases)} cases, mean difference {diff.mean():+.3f}, Wilcoxon signed-rank p = {p:.2g}"]
 
 
-def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int) -> list[Path]:
+def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int, variant: str = "") -> list[Path]:
     """Per-subset Dice (mean ± std over seeds) and validation pseudo-Dice curves (validation on
-    ``num_validation`` cases); returns the files."""
+    ``num_validation`` cases) as ``quality_subsets[_<variant>].png`` and ``quality_curves[_<variant>].png``;
+    returns the files."""
+    suffix = f"_{variant}" if variant else ""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -578,7 +597,7 @@ def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int
     ax.legend(fontsize=7, ncol=4, loc="upper center")
     ax.set_ylim(0, 1.15)
     fig.tight_layout()
-    subsets_png = figures / "quality_subsets.png"
+    subsets_png = figures / f"quality_subsets{suffix}.png"
     fig.savefig(subsets_png, dpi=110)
     plt.close(fig)
 
@@ -601,7 +620,7 @@ def plot(results: dict[str, dict[int, dict]], figures: Path, num_validation: int
     fig.suptitle("one line per seed (thin: per epoch, thick: 5-epoch moving average); validation on fold 0's "
                  f"{num_validation} validation cases with their table modalities only", fontsize=9)
     fig.tight_layout()
-    curves_png = figures / "quality_curves.png"
+    curves_png = figures / f"quality_curves{suffix}.png"
     fig.savefig(curves_png, dpi=110)
     plt.close(fig)
     return [subsets_png, curves_png]
@@ -615,14 +634,30 @@ def moving_average(values: Sequence[float], window: int) -> np.ndarray:
     return (cumulative[ends] - cumulative[starts]) / (ends - starts)
 
 
-def write_docs(docs: Path, tables: str) -> None:
-    """Replaces the marked block of docs/benchmarks.md with ``tables`` (the block must exist)."""
+def docs_variant(settings: dict) -> str:
+    """'' for the default data/schedule settings, else the records folder name of ``settings``: the
+    suffix that keeps each setting's docs block and figures apart."""
+    return "" if settings == settings_of(build_parser().parse_args([])) else records_folder(Path(), settings).name
+
+
+def docs_markers(variant: str) -> tuple[str, str]:
+    """First and last line of the docs block of a settings variant ('' = the default settings)."""
+    if not variant:
+        return DOCS_BEGIN, DOCS_END
+    return DOCS_BEGIN.replace("quality tables:", f"quality tables {variant}:"), DOCS_END.replace(
+        "quality tables", f"quality tables {variant}")
+
+
+def write_docs(docs: Path, tables: str, variant: str = "") -> None:
+    """Replaces the marked block of ``variant`` (``docs_markers``) in docs/benchmarks.md with ``tables``
+    (the block must exist)."""
     path = docs / "benchmarks.md"
     text = path.read_text(encoding="utf-8")
-    if DOCS_BEGIN not in text or DOCS_END not in text:
-        raise UsageError(f"{path}: no quality block (lines '{DOCS_BEGIN}' ... '{DOCS_END}') to write into")
-    head, rest = text.split(DOCS_BEGIN, 1)
-    write_text_atomic(path, head + DOCS_BEGIN + "\n" + tables + rest[rest.index(DOCS_END):])
+    begin, end = docs_markers(variant)
+    if begin not in text or end not in text:
+        raise UsageError(f"{path}: no quality block (lines '{begin}' ... '{end}') to write into")
+    head, rest = text.split(begin, 1)
+    write_text_atomic(path, head + begin + "\n" + tables + rest[rest.index(end):])
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -677,9 +712,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     tables = report(results, args)
     print(tables)
     if not args.no_docs and results:
-        for path in plot(results, args.docs_dir / "figures", args.num_training - args.num_training * 4 // 5):
+        variant = docs_variant(settings_of(args))
+        for path in plot(results, args.docs_dir / "figures", args.num_training - args.num_training * 4 // 5, variant):
             print(f"wrote {path}")
-        write_docs(args.docs_dir, tables)
+        write_docs(args.docs_dir, tables, variant)
         print(f"wrote the tables into {args.docs_dir / 'benchmarks.md'}")
 
 

@@ -137,3 +137,35 @@ def test_whole_target_needs_the_mean_margin_and_the_rare_subsets():
     lines = quality.target_check(results, ["T2"])  # T2 alone is the one subset: below the baseline
     assert lines[0].endswith(": not met") and "- T2 alone: 0.460 vs 0.510 (below the baseline)" in lines
     assert lines[-1] == "- whole target: **not met** (T2 alone below the baseline)"
+
+
+def test_plateau_is_the_change_over_the_last_tenth_of_the_schedule():
+    rising = np.linspace(0.2, 0.7, 100)  # still rising at the end: not converged
+    end, change = quality.plateau(rising)
+    assert end == pytest.approx(rising[90:].mean()) and change == pytest.approx(rising[90:].mean() - rising[80:90].mean())
+    assert change > 0.04
+    flat = np.concatenate([np.linspace(0.2, 0.7, 150), np.full(50, 0.7)])  # plateau over the last 50 of 200 epochs
+    assert quality.plateau(flat) == pytest.approx((0.7, 0.0))
+    assert np.isnan(quality.plateau([0.3])[1])  # one epoch: nothing to compare against
+
+
+def test_other_settings_get_their_own_docs_block_and_figures(tmp_path):
+    default = quality.settings_of(quality.build_parser().parse_args([]))
+    longer = quality.settings_of(quality.build_parser().parse_args(["--epochs", "200"]))
+    assert quality.docs_variant(default) == ""
+    variant = quality.docs_variant(longer)
+    assert variant == "train120-test10-6mm-data0-width16-batch2-200x25-val4"
+    begin, end = quality.docs_markers(variant)
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("\n".join(["intro", quality.DOCS_BEGIN, "old 100", quality.DOCS_END, "between", begin, "old 200",
+                               end, "outro"]) + "\n")
+    quality.write_docs(tmp_path, "new 200\n", variant)
+    quality.write_docs(tmp_path, "new 100\n")
+    assert docs.read_text().split("\n") == ["intro", quality.DOCS_BEGIN, "new 100", quality.DOCS_END, "between", begin,
+                                            "new 200", end, "outro", ""]
+    with pytest.raises(quality.UsageError, match="no quality block"):
+        quality.write_docs(tmp_path, "x\n", quality.docs_variant({**longer, "epochs": 300}))
+    results = {"nnUNetTrainerChannelDropout": {0: {"summary": per_case_record([0.5, 0.6])["summary"], "curves": {
+        "train_losses": [0.5, 0.4], "mean_fg_dice": [0.1, 0.2], "dice_per_class_or_region": [[0.1], [0.2]]}}}}
+    names = [p.name for p in quality.plot(results, tmp_path / "figures", 24, variant)]
+    assert names == [f"quality_subsets_{variant}.png", f"quality_curves_{variant}.png"]
