@@ -90,8 +90,6 @@ DMAF = "nnUNetTrainerDMAF"
 #: DMAF-Net variants that are candidates for the target too (not ablations)
 VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion", "nnUNetTrainerDMAF_rebalanced")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
-DOCS_BEGIN = "<!-- quality tables: written by benchmarks/quality.py, do not edit by hand -->"
-DOCS_END = "<!-- end of quality tables -->"
 #: settings that change the data or the training; a work dir is only resumed with the same values
 DATA_SETTINGS = ("num_training", "num_test", "spacing", "data_seed", "features", "batch_size", "epochs",
                  "iterations", "val_iterations")
@@ -642,10 +640,12 @@ def docs_variant(settings: dict) -> str:
 
 def docs_markers(variant: str) -> tuple[str, str]:
     """First and last line of the docs block of a settings variant ('' = the default settings)."""
-    if not variant:
-        return DOCS_BEGIN, DOCS_END
-    return DOCS_BEGIN.replace("quality tables:", f"quality tables {variant}:"), DOCS_END.replace(
-        "quality tables", f"quality tables {variant}")
+    name = f" {variant}" if variant else ""
+    return (f"<!-- quality tables{name}: written by benchmarks/quality.py, do not edit by hand -->",
+            f"<!-- end of quality tables{name} -->")
+
+
+DOCS_BEGIN, DOCS_END = docs_markers("")
 
 
 def write_docs(docs: Path, tables: str, variant: str = "") -> None:
