@@ -83,12 +83,14 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
     "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",
     "nnUNetTrainerDMAF_singleModalityFusion": "(c) + single-modality fusion",
+    "nnUNetTrainerDMAF_singleModalityFusion_025": "(c) + single-modality fusion, p=0.25",
     "nnUNetTrainerDMAF_rebalanced": "(c) + single-modality fusion + case rebalancing",
 }
 BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"
 #: DMAF-Net variants that are candidates for the target too (not ablations)
-VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion", "nnUNetTrainerDMAF_rebalanced")
+VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion",
+            "nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_rebalanced")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
 #: settings that change the data or the training; a work dir is only resumed with the same values
 DATA_SETTINGS = ("num_training", "num_test", "spacing", "data_seed", "features", "batch_size", "epochs",

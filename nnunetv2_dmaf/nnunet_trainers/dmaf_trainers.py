@@ -5,6 +5,7 @@ from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetT
                                                       nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noUniDecoder,
                                                       nnUNetTrainerDMAF_rebalanced,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
+                                                      nnUNetTrainerDMAF_singleModalityFusion_025,
                                                       nnUNetTrainerDMAF_subsetSampling,
                                                       nnUNetTrainerDMAF_tiny)
 from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import (nnUNetTrainerZeroFilled,  # noqa: F401

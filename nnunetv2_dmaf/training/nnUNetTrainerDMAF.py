@@ -330,6 +330,16 @@ class nnUNetTrainerDMAF_singleModalityFusion(nnUNetTrainerDMAF):
         self.single_modality_fusion_probability = 0.5
 
 
+class nnUNetTrainerDMAF_singleModalityFusion_025(nnUNetTrainerDMAF_singleModalityFusion):
+    """Single-modality fusion for a quarter instead of half of the samples with >= 2 present
+    modalities: more full-fusion training for the multi-modal subsets, less for the rare one alone."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.single_modality_fusion_probability = 0.25
+
+
 class nnUNetTrainerDMAF_rebalanced(nnUNetTrainerDMAF_singleModalityFusion):
     """Single-modality fusion plus rebalanced case sampling: training cases are drawn in proportion to
     1 / the presence frequency of their rarest modality, so a rare modality's encoder learns from more
