@@ -6,13 +6,18 @@ names the file or value. :func:`run_main` turns them, Ctrl-C (SIGINT) and SIGTER
 stderr (``<command>: error: <message>``) and the documented exit status; anything else is our bug and
 keeps its traceback. SIGTERM is raised as :class:`Terminated` (a KeyboardInterrupt) inside the
 program, so ``finally`` blocks and context managers clean up temporary outputs as for Ctrl-C.
+
+Only the process that installed the handler does so: a child forked from it (e.g. by the
+``multiprocessing.Pool`` that nnU-Net's planner opens to list the dataset's files) gets SIGTERM's
+default action back, so that ``Pool.terminate()`` kills its workers instead of leaving them raising
+:class:`Terminated` while the parent waits for them forever.
 """
 from __future__ import annotations
 
 import os
 import signal
 import sys
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Sequence
 
 EXIT_DATA_ERROR = 1
 EXIT_USAGE_ERROR = 2
@@ -39,16 +44,36 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so that cleanup code runs."""
 
 
-def _raise_terminated(signum, frame) -> NoReturn:  # noqa: ARG001 (signal handler signature)
+_handler_owner_pid: int | None = None
+_fork_hook_registered = False
+
+
+def _restore_default_sigterm_in_child() -> None:
+    """``os.register_at_fork`` hook: a forked child dies of SIGTERM like any process."""
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 (signal handler signature)
+    if os.getpid() != _handler_owner_pid:  # a child that inherited the handler: die as by default
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     raise Terminated()
 
 
 def install_sigterm_handler() -> None:
-    """Makes SIGTERM raise :class:`Terminated` in the main thread (no-op outside it)."""
+    """Makes SIGTERM raise :class:`Terminated` in this process's main thread (no-op outside it);
+    processes forked from it later keep SIGTERM's default action (termination)."""
+    global _handler_owner_pid, _fork_hook_registered
     try:
         signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread
-        pass
+        return
+    _handler_owner_pid = os.getpid()
+    if not _fork_hook_registered:
+        os.register_at_fork(after_in_child=_restore_default_sigterm_in_child)
+        _fork_hook_registered = True
 
 
 def command_name(argv0: str | None = None) -> str:
