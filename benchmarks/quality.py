@@ -14,7 +14,9 @@ scores the test cases on all 15 subsets (no TTA).
 Plans: nnU-Net's 3d_fullres plans of the generated dataset with an added configuration
 ``3d_quality`` (inherits 3d_fullres: same preprocessed data and patch = the whole cropped volume;
 ``--features`` first-stage width, doubled per stage; ``--batch-size``), so that training converges
-on a 2-core CPU.
+on a 2-core CPU. With ``--full-size-plans`` every trainer uses nnU-Net's own ``3d_fullres`` plans
+unchanged instead (widths, batch size and patch as nnU-Net planned them; meant for a GPU); these
+runs have run records and a docs block of their own.
 
 Resumable: everything lives in ``--work-dir``; a finished (trainer, seed) is never retrained or
 re-evaluated, an interrupted training continues from its last checkpoint (every 5 epochs). The
@@ -93,6 +95,7 @@ VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalit
             "nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_rebalanced")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
 #: settings that change the data or the training; a work dir is only resumed with the same values
+#: (plus ``full_size_plans``, stored only when set, so that the records of 3d_quality keep their names)
 DATA_SETTINGS = ("num_training", "num_test", "spacing", "data_seed", "features", "batch_size", "epochs",
                  "iterations", "val_iterations")
 
@@ -195,8 +198,21 @@ def run_quiet(cmd: list[str], env: dict, log: Path) -> None:
 
 
 def settings_of(args: argparse.Namespace) -> dict:
-    """The data/schedule settings (DATA_SETTINGS) of a run."""
-    return {k: getattr(args, k) for k in DATA_SETTINGS}
+    """The data/schedule settings (DATA_SETTINGS, and ``full_size_plans`` when set) of a run."""
+    settings = {k: getattr(args, k) for k in DATA_SETTINGS}
+    if getattr(args, "full_size_plans", False):
+        settings["full_size_plans"] = True
+    return settings
+
+
+def configuration_of(settings: dict) -> str:
+    """The nnU-Net configuration every trainer of these settings trains and is evaluated with."""
+    return BASE_CONFIGURATION if settings.get("full_size_plans") else CONFIGURATION
+
+
+def work_dir_configuration(work_dir: Path) -> str:
+    """``configuration_of`` the settings stored in the work dir (``check_settings``)."""
+    return configuration_of(json.loads((work_dir / "settings.json").read_text()))
 
 
 def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
@@ -205,7 +221,8 @@ def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
     path = work_dir / "settings.json"
     if path.is_file():
         stored = json.loads(path.read_text())
-        changed = [f"{k} {stored.get(k)} -> {v}" for k, v in settings.items() if stored.get(k) != v]
+        changed = [f"{k} {stored.get(k)} -> {settings.get(k)}" for k in {**stored, **settings}
+                   if stored.get(k) != settings.get(k)]
         if changed:
             raise UsageError(f"{work_dir} holds a run with other settings ({'; '.join(changed)}); "
                              f"use another --work-dir or the stored values")
@@ -215,7 +232,8 @@ def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
 
 
 def prepare(work_dir: Path, args: argparse.Namespace) -> None:
-    """Generated dataset + availability table + nnU-Net plans/preprocessing + the 3d_quality configuration."""
+    """Generated dataset + availability table + nnU-Net plans/preprocessing + the 3d_quality
+    configuration (not with ``--full-size-plans``)."""
     from nnunetv2_dmaf.anatomical_phantom import CHANNEL_NAMES, case_ids, generate_dataset
     raw = work_dir / "raw" / DATASET
     if not (raw / "dataset.json").is_file():
@@ -232,7 +250,8 @@ def prepare(work_dir: Path, args: argparse.Namespace) -> None:
         env.pop("nnUNet_n_proc_DA", None)  # 0 breaks nnU-Net's planner
         run_quiet(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", BASE_CONFIGURATION, "-np", "1",
                    "-npfp", "1"], env, work_dir / "logs" / "plan_and_preprocess.log")
-    add_quality_configuration(plans_file, args.features, args.batch_size)
+    if not args.full_size_plans:
+        add_quality_configuration(plans_file, args.features, args.batch_size)
 
 
 def add_quality_configuration(plans_file: Path, features: int, batch_size: int) -> dict:
@@ -251,8 +270,8 @@ def add_quality_configuration(plans_file: Path, features: int, batch_size: int) 
 
 
 def model_folder(work_dir: Path, trainer: str, seed: int) -> Path:
-    return (work_dir / "results" / f"seed_{seed}" / DATASET / f"{trainer}__{PLANS}__{CONFIGURATION}"
-            / f"fold_{FOLD}")
+    return (work_dir / "results" / f"seed_{seed}" / DATASET
+            / f"{trainer}__{PLANS}__{work_dir_configuration(work_dir)}" / f"fold_{FOLD}")
 
 
 TRAIN_CODE = """
@@ -273,7 +292,7 @@ def train(work_dir: Path, trainer: str, seed: int, args: argparse.Namespace) -> 
     schedule is set on the trainer and also passed as nnUNet_dmaf_* variables. Returns seconds.
     nnU-Net's final validation of fold 0 is skipped: the test set is evaluated instead."""
     start = time.perf_counter()
-    run_quiet([sys.executable, "-c", TRAIN_CODE, str(DATASET_ID), CONFIGURATION, FOLD, trainer, PLANS, args.device,
+    run_quiet([sys.executable, "-c", TRAIN_CODE, str(DATASET_ID), work_dir_configuration(work_dir), FOLD, trainer, PLANS, args.device,
                str(args.epochs), str(args.iterations), str(args.val_iterations), str(args.threads)],
               nnunet_env(work_dir, seed, args, args.threads), work_dir / "logs" / f"train_{trainer}_seed{seed}.log")
     return time.perf_counter() - start
@@ -290,7 +309,7 @@ def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int)
     raw = work_dir / "raw" / DATASET
     # the same interpreter as the trainings (not whichever nnUNetv2_dmaf_evaluate_subsets is first on PATH)
     run_quiet([sys.executable, "-m", "nnunetv2_dmaf.evaluation.subset_evaluation", "-i", str(raw / "imagesTs"),
-               "-l", str(raw / "labelsTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", CONFIGURATION, "-p", PLANS, "-f", FOLD, "-tr", trainer,
+               "-l", str(raw / "labelsTs"), "-o", str(out), "-d", str(DATASET_ID), "-c", work_dir_configuration(work_dir), "-p", PLANS, "-f", FOLD, "-tr", trainer,
                "-chk", "checkpoint_final.pth", "--disable_tta", "-device", device, "--overwrite",
                "--disable_progress_bar"], nnunet_env(work_dir, seed, threads=threads), work_dir / "logs" / f"eval_{trainer}_seed{seed}.log")
     return out / "summary.json"
@@ -300,9 +319,9 @@ def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int)
 def records_folder(records: Path, settings: dict) -> Path:
     """``records``/<one folder per data/schedule setting, named by its values>."""
     s = settings
+    plans = "fullsize" if s.get("full_size_plans") else f"width{s['features']}-batch{s['batch_size']}"
     return records / (f"train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}-"
-                      f"width{s['features']}-batch{s['batch_size']}-{s['epochs']}x{s['iterations']}"
-                      f"-val{s['val_iterations']}")
+                      f"{plans}-{s['epochs']}x{s['iterations']}-val{s['val_iterations']}")
 
 
 def code_version() -> str:
@@ -464,8 +483,10 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
     regions = list(first["metadata"]["regions"])
     subsets = [row["subset"] for row in first["subsets"]]
     lines = [f"Settings: {args.num_training} training cases (fold 0: nnU-Net's 80/20 split), {args.num_test} "
-             f"complete test cases, {args.spacing:g} mm, data seed {args.data_seed}; configuration {CONFIGURATION} "
-             f"(first-stage width {args.features}, batch size {args.batch_size}); {args.epochs} epochs x "
+             f"complete test cases, {args.spacing:g} mm, data seed {args.data_seed}; configuration "
+             + (f"{BASE_CONFIGURATION} (nnU-Net's own plans, unchanged)" if args.full_size_plans else
+                f"{CONFIGURATION} (first-stage width {args.features}, batch size {args.batch_size})")
+             + f"; {args.epochs} epochs x "
              f"{args.iterations} iterations ({args.epochs * args.iterations} iterations); no TTA. "
              f"Values: Dice, mean ± std over the seeds listed.", "",
              "| trainer | seeds | training min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
@@ -688,7 +709,10 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--spacing", type=float, default=6.0, help="isotropic voxel size in mm (default 6)")
     data.add_argument("--data-seed", type=int, default=0, help="seed of the generated cases and of the table")
     data.add_argument("--features", type=int, default=16, help="first-stage width of 3d_quality (default 16)")
-    data.add_argument("--batch-size", type=int, default=2)
+    data.add_argument("--batch-size", type=int, default=2, help="batch size of 3d_quality (default 2)")
+    data.add_argument("--full-size-plans", action="store_true",
+                      help=f"train and evaluate nnU-Net's own {BASE_CONFIGURATION} plans unchanged instead of "
+                           f"{CONFIGURATION} (for a GPU; --features/--batch-size do not apply)")
     data.add_argument("--epochs", type=int, default=100)
     data.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     data.add_argument("--val-iterations", type=int, default=4, help="validation iterations per epoch")
@@ -696,7 +720,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.full_size_plans and (args.features, args.batch_size) != (parser.get_default("features"),
+                                                                     parser.get_default("batch_size")):
+        raise UsageError("--features/--batch-size set the 3d_quality plans; with --full-size-plans "
+                         "nnU-Net's own plans are used unchanged")
     work_dir = args.work_dir.resolve()
     if args.report_only and (work_dir / "settings.json").is_file():
         vars(args).update(json.loads((work_dir / "settings.json").read_text()))

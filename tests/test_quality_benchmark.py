@@ -63,6 +63,25 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         quality.check_settings(tmp_path, args)
 
 
+def test_full_size_plans_train_nnunets_own_configuration_with_records_of_their_own(tmp_path):
+    default = quality.build_parser().parse_args(["--work-dir", str(tmp_path / "quality"), "--epochs", "200"])
+    full = quality.build_parser().parse_args(["--work-dir", str(tmp_path / "full"), "--epochs", "200",
+                                              "--full-size-plans"])
+    assert "full_size_plans" not in quality.settings_of(default)  # names of the existing records unchanged
+    assert quality.records_folder(Path(), quality.settings_of(default)).name == \
+        "train120-test10-6mm-data0-width16-batch2-200x25-val4"
+    assert quality.records_folder(Path(), quality.settings_of(full)).name == "train120-test10-6mm-data0-fullsize-200x25-val4"
+    for args, configuration in ((default, "3d_quality"), (full, "3d_fullres")):
+        quality.check_settings(args.work_dir, args)
+        assert quality.model_folder(args.work_dir, "nnUNetTrainerDMAF", 1).parent.name == \
+            f"nnUNetTrainerDMAF__nnUNetPlans__{configuration}"
+    full.work_dir = default.work_dir  # a 3d_quality work dir is not resumed with the full-size plans
+    with pytest.raises(quality.UsageError, match="full_size_plans None -> True"):
+        quality.check_settings(full.work_dir, full)
+    with pytest.raises(quality.UsageError, match="--full-size-plans"):
+        quality.main(["--work-dir", str(tmp_path / "x"), "--full-size-plans", "--features", "32"])
+
+
 def fake_finished_run(work_dir: Path, trainer: str, seed: int, dice: float) -> None:
     """What a finished (trainer, seed) leaves in a work dir: its evaluation summary, curves, provenance."""
     regions = ["whole tumor", "tumor core", "enhancing tumor"]
