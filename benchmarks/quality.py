@@ -671,12 +671,20 @@ def docs_markers(variant: str) -> tuple[str, str]:
 DOCS_BEGIN, DOCS_END = docs_markers("")
 
 
+#: a settings variant without a block in docs/benchmarks.md gets a new section before this heading
+DOCS_NEW_BLOCK_BEFORE = "### What the numbers show, honestly"
+
+
 def write_docs(docs: Path, tables: str, variant: str = "") -> None:
-    """Replaces the marked block of ``variant`` (``docs_markers``) in docs/benchmarks.md with ``tables``
-    (the block must exist)."""
+    """Replaces the marked block of ``variant`` (``docs_markers``) in docs/benchmarks.md with ``tables``.
+    A variant's first run adds its block as a new section before ``DOCS_NEW_BLOCK_BEFORE``; the block
+    of the default settings must exist."""
     path = docs / "benchmarks.md"
     text = path.read_text(encoding="utf-8")
     begin, end = docs_markers(variant)
+    if variant and begin not in text and end not in text and DOCS_NEW_BLOCK_BEFORE in text:
+        head, tail = text.split(DOCS_NEW_BLOCK_BEFORE, 1)
+        text = f"{head}### Results: {variant}\n\n{begin}\n{end}\n\n{DOCS_NEW_BLOCK_BEFORE}{tail}"
     if begin not in text or end not in text:
         raise UsageError(f"{path}: no quality block (lines '{begin}' ... '{end}') to write into")
     head, rest = text.split(begin, 1)

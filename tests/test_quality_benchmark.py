@@ -182,8 +182,15 @@ def test_other_settings_get_their_own_docs_block_and_figures(tmp_path):
     quality.write_docs(tmp_path, "new 100\n")
     assert docs.read_text().split("\n") == ["intro", quality.DOCS_BEGIN, "new 100", quality.DOCS_END, "between", begin,
                                             "new 200", end, "outro", ""]
-    with pytest.raises(quality.UsageError, match="no quality block"):
+    with pytest.raises(quality.UsageError, match="no quality block"):  # no place for a new block
         quality.write_docs(tmp_path, "x\n", quality.docs_variant({**longer, "epochs": 300}))
+    docs.write_text(docs.read_text() + quality.DOCS_NEW_BLOCK_BEFORE + "\nconclusions\n")
+    new = quality.docs_variant({**longer, "epochs": 300})  # its first run: a new section before the conclusions
+    quality.write_docs(tmp_path, "new 300\n", new)
+    quality.write_docs(tmp_path, "newer 300\n", new)
+    begin300, end300 = quality.docs_markers(new)
+    assert docs.read_text().endswith(f"outro\n### Results: {new}\n\n{begin300}\nnewer 300\n{end300}\n\n"
+                                     f"{quality.DOCS_NEW_BLOCK_BEFORE}\nconclusions\n")
     results = {"nnUNetTrainerChannelDropout": {0: {"summary": per_case_record([0.5, 0.6])["summary"], "curves": {
         "train_losses": [0.5, 0.4], "mean_fg_dice": [0.1, 0.2], "dice_per_class_or_region": [[0.1], [0.2]]}}}}
     names = [p.name for p in quality.plot(results, tmp_path / "figures", 24, variant)]
