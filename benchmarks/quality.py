@@ -736,7 +736,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "nnU-Net's own plans are used unchanged")
     work_dir = args.work_dir.resolve()
     if args.report_only and (work_dir / "settings.json").is_file():
-        vars(args).update(json.loads((work_dir / "settings.json").read_text()))
+        stored = json.loads((work_dir / "settings.json").read_text())
+        vars(args).update(stored, full_size_plans=bool(stored.get("full_size_plans")))  # the work dir's, not the flag
     records = records_folder(args.records, settings_of(args))
     if not args.report_only:
         check_settings(work_dir, args)

@@ -66,11 +66,12 @@ def install_sigterm_handler() -> None:
     """Makes SIGTERM raise :class:`Terminated` in this process's main thread (no-op outside it);
     processes forked from it later keep SIGTERM's default action (termination)."""
     global _handler_owner_pid, _fork_hook_registered
+    previous_owner, _handler_owner_pid = _handler_owner_pid, os.getpid()  # before a SIGTERM can arrive
     try:
         signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread
+        _handler_owner_pid = previous_owner
         return
-    _handler_owner_pid = os.getpid()
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_restore_default_sigterm_in_child)
         _fork_hook_registered = True

@@ -63,7 +63,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         quality.check_settings(tmp_path, args)
 
 
-def test_full_size_plans_train_nnunets_own_configuration_with_records_of_their_own(tmp_path):
+def test_full_size_plans_train_nnunets_own_configuration_with_records_of_their_own(tmp_path, capsys):
     default = quality.build_parser().parse_args(["--work-dir", str(tmp_path / "quality"), "--epochs", "200"])
     full = quality.build_parser().parse_args(["--work-dir", str(tmp_path / "full"), "--epochs", "200",
                                               "--full-size-plans"])
@@ -80,6 +80,11 @@ def test_full_size_plans_train_nnunets_own_configuration_with_records_of_their_o
         quality.check_settings(full.work_dir, full)
     with pytest.raises(quality.UsageError, match="--full-size-plans"):
         quality.main(["--work-dir", str(tmp_path / "x"), "--full-size-plans", "--features", "32"])
+    # --report-only takes the plans from the work dir, not from the flag
+    assert quality.main(["--work-dir", str(default.work_dir), "--epochs", "200", "--report-only", "--no-docs",
+                         "--full-size-plans", "--records", str(tmp_path / "records")]) is None
+    assert f"run records: {tmp_path / 'records' / 'train120-test10-6mm-data0-width16-batch2-200x25-val4'}\n" in \
+        capsys.readouterr().out
 
 
 def fake_finished_run(work_dir: Path, trainer: str, seed: int, dice: float) -> None:
