@@ -176,8 +176,11 @@ def test_run_main_one_line_errors_and_interrupts(tmp_path):
     bug = subprocess.run([sys.executable, str(script), "bug"], capture_output=True, text=True, env=env)
     assert bug.returncode == 1 and "Traceback" in bug.stderr  # our own bugs keep their traceback
     for sig, word in ((signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGINT, "interrupted (Ctrl-C)")):
+        # SIGINT's default action in the child even if this test runs where SIGINT is ignored (a
+        # background job of a shell without job control): Python then installs its Ctrl-C handler
         process = subprocess.Popen([sys.executable, str(script), "wait"], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=env)
+                                   stderr=subprocess.PIPE, text=True, env=env,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         assert process.stdout.readline() == "ready\n"
         process.send_signal(sig)
         out, err = process.communicate(timeout=60)
