@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 EXIT_DATA_ERROR = 1
 EXIT_USAGE_ERROR = 2
@@ -44,7 +44,6 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so that cleanup code runs."""
 
 
-_handler_owner_pid: int | None = None
 _fork_hook_registered = False
 
 
@@ -54,23 +53,17 @@ def _restore_default_sigterm_in_child() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def _raise_terminated(signum, frame) -> None:  # noqa: ARG001 (signal handler signature)
-    if os.getpid() != _handler_owner_pid:  # a child that inherited the handler: die as by default
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
+def _raise_terminated(signum, frame) -> NoReturn:  # noqa: ARG001 (signal handler signature)
     raise Terminated()
 
 
 def install_sigterm_handler() -> None:
     """Makes SIGTERM raise :class:`Terminated` in this process's main thread (no-op outside it);
     processes forked from it later keep SIGTERM's default action (termination)."""
-    global _handler_owner_pid, _fork_hook_registered
-    previous_owner, _handler_owner_pid = _handler_owner_pid, os.getpid()  # before a SIGTERM can arrive
+    global _fork_hook_registered
     try:
         signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread
-        _handler_owner_pid = previous_owner
         return
     if not _fork_hook_registered:
         os.register_at_fork(after_in_child=_restore_default_sigterm_in_child)
