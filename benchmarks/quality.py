@@ -34,7 +34,10 @@ tables, writes them into the marked block of ``docs/benchmarks.md`` and the plot
 ``docs/figures/quality_*.png``. Settings other than the defaults (e.g. ``--epochs 200``, the plateau
 check) have a block and plots of their own, named by their records folder (``docs_markers``). The
 overview table has a convergence column: the validation pseudo-Dice over the last 10 % of the
-epochs and its change against the 10 % before (``plateau``).
+epochs and its change against the 10 % before (``plateau``). A second overview scores each region
+only on the test cases whose reference contains it (read from the work dir's labelsTs;
+``without_empty_references``): a test case without ET scores ET Dice 1 or 0 per subset, which
+makes the first table's ET and mean columns jump by several hundredths between seeds.
 
 Usage::
 
@@ -50,7 +53,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -464,9 +467,26 @@ def subset_dice(summary: dict) -> dict[str, dict[str, float]]:
     return {name: {**{r: row[f"Dice {r}"] for r in regions}, "mean": region_mean(row, regions)} for name, row in rows.items()}
 
 
-def seed_stats(per_seed: dict[int, dict], subset: str, key: str) -> tuple[float, float]:
-    """Mean and standard deviation (ddof 1; NaN for a single seed) over seeds."""
-    values = [subset_dice(r["summary"])[subset][key] for r in per_seed.values()]
+def subset_dice_without(summary: dict, skipped: dict[str, set[str]]) -> dict[str, dict[str, float]]:
+    """As ``subset_dice``, computed from the per-case rows with each region averaged only over the test
+    cases not in ``skipped[region]`` (e.g. ET without the cases whose reference has no ET)."""
+    regions = list(summary["metadata"]["regions"])
+    subsets = [row["subset"] for row in summary["subsets"]]
+    rows = [row for row in summary.get("per_case", [])]
+    table: dict[str, dict[str, float]] = {}
+    for subset in subsets:
+        scores = {r: float(np.mean([row[f"Dice {r}"] for row in rows if row["subset"] == subset
+                                    and row["case"] not in skipped.get(r, set())])) for r in regions}
+        table[subset] = {**scores, "mean": float(np.mean(list(scores.values())))}
+    table["mean over subsets"] = {key: float(np.mean([table[s][key] for s in subsets])) for key in [*regions, "mean"]}
+    return table
+
+
+def seed_stats(per_seed: dict[int, dict], subset: str, key: str,
+               dice: Callable[[dict], dict[str, dict[str, float]]] = subset_dice) -> tuple[float, float]:
+    """Mean and standard deviation (ddof 1; NaN for a single seed) over seeds of ``dice(summary)``
+    (default ``subset_dice``: the evaluation's own means)."""
+    values = [dice(r["summary"])[subset][key] for r in per_seed.values()]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
@@ -508,8 +528,51 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
               "|---|" + "---|" * len(trainers)]
     for subset in subsets:
         lines.append(f"| {subset} | " + " | ".join(fmt(seed_stats(results[t], subset, "mean")) for t in trainers) + " |")
-    lines += ["", *target_check(results, subsets), "", code_versions(results, trainers)]
+    lines += ["", *target_check(results, subsets), "",
+              *without_empty_references(results, trainers, cases_without_region(args.work_dir, first["metadata"]["regions"])),
+              code_versions(results, trainers)]
     return "\n".join(lines) + "\n"
+
+
+def cases_without_region(work_dir: Path, regions: dict[str, list[int]]) -> dict[str, set[str]] | None:
+    """Region name -> the test cases whose reference label map has none of the region's labels, read
+    from the work dir's labelsTs; None when the work dir holds no test labels."""
+    import SimpleITK as sitk
+    labels = sorted((work_dir / "raw" / DATASET / "labelsTs").glob("*.nii.gz"))
+    if not labels:
+        return None
+    present = {path.name[:-len(".nii.gz")]: np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+               for path in labels}
+    return {name: {case for case, values in present.items() if not np.isin(values, ids).any()}
+            for name, ids in regions.items()}
+
+
+def without_empty_references(results: dict[str, dict[int, dict]], trainers: Sequence[str],
+                             skipped: dict[str, set[str]] | None) -> list[str]:
+    """Overview lines with each region scored only on the test cases whose reference contains it: a case
+    without ET scores ET Dice 1 or 0 per subset (empty reference convention), so one run that learns to
+    predict no ET there moves its row by several hundredths. Empty when every reference has every region."""
+    if skipped is None:
+        return ["(No test labels in the work dir: the table without empty references is left out.)", ""]
+    skipped = {region: cases for region, cases in skipped.items() if cases}
+    if not skipped:
+        return []
+    def dice(summary: dict) -> dict[str, dict[str, float]]:
+        return subset_dice_without(summary, skipped)
+    regions = list(next(iter(results[trainers[0]].values()))["summary"]["metadata"]["regions"])
+    left_out = "; ".join(f"{r}: {', '.join(sorted(c))}" for r, c in skipped.items())
+    lines = [f"Without empty references (test cases left out of a region whose reference lacks it: {left_out}; "
+             "the other regions over all test cases):", "",
+             "| trainer | seeds | " + " | ".join(f"{r} (mean over 15)" for r in regions)
+             + " | **mean over 15 subsets** | T2 alone | FLAIR alone |",
+             "|---|---|" + "---|" * (len(regions) + 3)]
+    for t in trainers:
+        cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(results[t])))]
+        cells += [fmt(seed_stats(results[t], "mean over subsets", r, dice)) for r in regions]
+        cells += [f"**{fmt(seed_stats(results[t], 'mean over subsets', 'mean', dice))}**"]
+        cells += [fmt(seed_stats(results[t], s, "mean", dice)) for s in RARE_SUBSETS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plateau(pseudo_dice: Sequence[float], fraction: float = 0.1) -> tuple[float, float]:

@@ -200,3 +200,38 @@ def test_other_settings_get_their_own_docs_block_and_figures(tmp_path):
         "train_losses": [0.5, 0.4], "mean_fg_dice": [0.1, 0.2], "dice_per_class_or_region": [[0.1], [0.2]]}}}}
     names = [p.name for p in quality.plot(results, tmp_path / "figures", 24, variant)]
     assert names == [f"quality_subsets_{variant}.png", f"quality_curves_{variant}.png"]
+
+
+def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_path):
+    import SimpleITK as sitk
+    regions = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    labels = tmp_path / "raw" / quality.DATASET / "labelsTs"
+    labels.mkdir(parents=True)
+    for case, values in (("case_0", [0, 1, 2, 3]), ("case_1", [0, 1, 2])):  # case_1: no ET in its reference
+        image = np.zeros((2, 2, 2), dtype=np.uint8)
+        image.flat[:len(values)] = values
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(labels / f"{case}.nii.gz"))
+    skipped = quality.cases_without_region(tmp_path, regions)
+    assert skipped == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"case_1"}}
+    assert quality.cases_without_region(tmp_path / "elsewhere", regions) is None
+
+    # case_1's ET is the 0/1 of an empty reference; the run's WT/TC are 0.8 on both cases, ET 0.6 on case_0
+    rows = [{"subset": s, "case": c, "Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": et}
+            for s, et1 in (("T2", 0.0), ("FLAIR", 1.0)) for c, et in (("case_0", 0.6), ("case_1", et1))]
+    summary = {"metadata": {"regions": regions}, "per_case": rows,
+               "subsets": [{"subset": s, "Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": et}
+                           for s, et in (("T2", 0.3), ("FLAIR", 0.8))],
+               "mean_over_subsets": {"Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": 0.55}}
+    everything = quality.subset_dice_without(summary, {})
+    for subset, scores in quality.subset_dice(summary).items():  # nothing skipped: the evaluation's own means
+        assert everything[subset] == pytest.approx(scores)
+    without = quality.subset_dice_without(summary, skipped)
+    assert without["T2"] == pytest.approx({"whole tumor": 0.8, "tumor core": 0.8, "enhancing tumor": 0.6,
+                                           "mean": 2.2 / 3})
+    assert without["mean over subsets"]["enhancing tumor"] == pytest.approx(0.6)
+
+    results = {"nnUNetTrainerDMAF": {0: {"summary": summary}}}
+    lines = quality.without_empty_references(results, ["nnUNetTrainerDMAF"], skipped)
+    assert "enhancing tumor: case_1;" in lines[0]
+    assert lines[-2] == "| (c) DMAF-Net | 0 | 0.800 | 0.800 | 0.600 | **0.733** | 0.733 | 0.733 |"
+    assert quality.without_empty_references(results, ["nnUNetTrainerDMAF"], {"enhancing tumor": set()}) == []
