@@ -35,8 +35,8 @@ tables, writes them into the marked block of ``docs/benchmarks.md`` and the plot
 check) have a block and plots of their own, named by their records folder (``docs_markers``). The
 overview table has a convergence column: the validation pseudo-Dice over the last 10 % of the
 epochs and its change against the 10 % before (``plateau``). A second overview scores each region
-only on the test cases whose reference contains it (read from the work dir's labelsTs;
-``without_empty_references``): a test case without ET scores ET Dice 1 or 0 per subset, which
+only on the test cases whose reference contains it (``without_empty_references``; the references
+are read from the work dir or regenerated from the seeded generator): a test case without ET scores ET Dice 1 or 0 per subset, which
 makes the first table's ET and mean columns jump by several hundredths between seeds.
 
 Usage::
@@ -529,20 +529,29 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
     for subset in subsets:
         lines.append(f"| {subset} | " + " | ".join(fmt(seed_stats(results[t], subset, "mean")) for t in trainers) + " |")
     lines += ["", *target_check(results, subsets), "",
-              *without_empty_references(results, trainers, cases_without_region(args.work_dir, first["metadata"]["regions"])),
+              *without_empty_references(results, trainers, cases_without_region(
+                  args.work_dir, first["metadata"]["regions"], first["metadata"].get("cases", []), args.spacing,
+                  args.data_seed)),
               code_versions(results, trainers)]
     return "\n".join(lines) + "\n"
 
 
-def cases_without_region(work_dir: Path, regions: dict[str, list[int]]) -> dict[str, set[str]] | None:
-    """Region name -> the test cases whose reference label map has none of the region's labels, read
-    from the work dir's labelsTs; None when the work dir holds no test labels."""
-    import SimpleITK as sitk
-    labels = sorted((work_dir / "raw" / DATASET / "labelsTs").glob("*.nii.gz"))
-    if not labels:
+def cases_without_region(work_dir: Path, regions: dict[str, list[int]], cases: Sequence[str], spacing: float,
+                         data_seed: int) -> dict[str, set[str]] | None:
+    """Region name -> the test ``cases`` whose reference label map has none of the region's labels.
+    The references are the work dir's labelsTs, or regenerated from the seeded generator
+    (``make_case(spacing, data_seed, index)``, the same data) when the work dir is gone. None without
+    ``cases`` (records that do not name their test cases)."""
+    if not cases:
         return None
-    present = {path.name[:-len(".nii.gz")]: np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
-               for path in labels}
+    import SimpleITK as sitk
+    from nnunetv2_dmaf.anatomical_phantom import make_case
+    present = {}
+    for case in cases:
+        path = work_dir / "raw" / DATASET / "labelsTs" / f"{case}.nii.gz"
+        labels = (sitk.GetArrayFromImage(sitk.ReadImage(str(path))) if path.is_file()
+                  else make_case(spacing, data_seed, int(case.rsplit("_", 1)[1]))[1])
+        present[case] = np.unique(labels)
     return {name: {case for case, values in present.items() if not np.isin(values, ids).any()}
             for name, ids in regions.items()}
 
@@ -553,7 +562,7 @@ def without_empty_references(results: dict[str, dict[int, dict]], trainers: Sequ
     without ET scores ET Dice 1 or 0 per subset (empty reference convention), so one run that learns to
     predict no ET there moves its row by several hundredths. Empty when every reference has every region."""
     if skipped is None:
-        return ["(No test labels in the work dir: the table without empty references is left out.)", ""]
+        return ["(The run records name no test cases: the table without empty references is left out.)", ""]
     skipped = {region: cases for region, cases in skipped.items() if cases}
     if not skipped:
         return []

@@ -211,9 +211,12 @@ def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_pa
         image = np.zeros((2, 2, 2), dtype=np.uint8)
         image.flat[:len(values)] = values
         sitk.WriteImage(sitk.GetImageFromArray(image), str(labels / f"{case}.nii.gz"))
-    skipped = quality.cases_without_region(tmp_path, regions)
+    skipped = quality.cases_without_region(tmp_path, regions, ["case_0", "case_1"], 12.0, 0)
     assert skipped == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"case_1"}}
-    assert quality.cases_without_region(tmp_path / "elsewhere", regions) is None
+    assert quality.cases_without_region(tmp_path, regions, [], 12.0, 0) is None
+    # the work dir is gone: the seeded generator gives the references (every 4th case has no ET)
+    regenerated = quality.cases_without_region(tmp_path / "gone", regions, ["Q_002", "Q_003"], 12.0, 0)
+    assert regenerated == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"Q_003"}}
 
     # case_1's ET is the 0/1 of an empty reference; the run's WT/TC are 0.8 on both cases, ET 0.6 on case_0
     rows = [{"subset": s, "case": c, "Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": et}
