@@ -214,14 +214,12 @@ def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_pa
     skipped = quality.cases_without_region(tmp_path, regions, ["case_0", "case_1"], 12.0, 0)
     assert skipped == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"case_1"}}
     assert quality.cases_without_region(tmp_path, regions, [], 12.0, 0) is None
-    # the work dir is gone: the seeded generator gives the references (every 4th case has no ET)
-    regenerated = quality.cases_without_region(tmp_path / "gone", regions, ["Q_002", "Q_003"], 12.0, 0)
-    assert regenerated == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"Q_003"}}
+    assert quality.cases_without_region(tmp_path, list(regions), ["case_0"], 12.0, 0) is None  # no label ids
 
     # case_1's ET is the 0/1 of an empty reference; the run's WT/TC are 0.8 on both cases, ET 0.6 on case_0
     rows = [{"subset": s, "case": c, "Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": et}
             for s, et1 in (("T2", 0.0), ("FLAIR", 1.0)) for c, et in (("case_0", 0.6), ("case_1", et1))]
-    summary = {"metadata": {"regions": regions}, "per_case": rows,
+    summary = {"metadata": {"regions": regions, "cases": ["case_0", "case_1"]}, "per_case": rows,
                "subsets": [{"subset": s, "Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": et}
                            for s, et in (("T2", 0.3), ("FLAIR", 0.8))],
                "mean_over_subsets": {"Dice whole tumor": 0.8, "Dice tumor core": 0.8, "Dice enhancing tumor": 0.55}}
@@ -233,8 +231,28 @@ def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_pa
                                            "mean": 2.2 / 3})
     assert without["mean over subsets"]["enhancing tumor"] == pytest.approx(0.6)
 
-    results = {"nnUNetTrainerDMAF": {0: {"summary": summary}}}
+    results = {"nnUNetTrainerDMAF": {0: {"summary": summary, "code": {"trained": ["abc"], "evaluated": ["abc"]},
+                                         "curves": {"epoch_seconds": [60.0], "mean_fg_dice": [0.5]}}}}
+    row = "| (c) DMAF-Net | 0 | 0.800 | 0.800 | 0.600 | **0.733** | 0.733 | 0.733 |"
     lines = quality.without_empty_references(results, ["nnUNetTrainerDMAF"], skipped)
-    assert "enhancing tumor: case_1;" in lines[0]
-    assert lines[-2] == "| (c) DMAF-Net | 0 | 0.800 | 0.800 | 0.600 | **0.733** | 0.733 | 0.733 |"
+    assert "enhancing tumor: case_1;" in lines[0] and lines[-2] == row
     assert quality.without_empty_references(results, ["nnUNetTrainerDMAF"], {"enhancing tumor": set()}) == []
+    # the report reads the work dir's references and adds the table after the first overview
+    report = quality.report(results, quality.build_parser().parse_args(["--work-dir", str(tmp_path)]))
+    assert "| (c) DMAF-Net | 0 | 1.0 | 0.800 | 0.800 | 0.550 | **0.717** |" in report
+    assert "Without empty references (test cases left out of a region whose reference lacks it: enhancing tumor: " \
+           "case_1;" in report and f"\n{row}\n" in report
+    without_rows = {"nnUNetTrainerDMAF": {0: {"summary": {**summary, "per_case": []}}}}
+    assert quality.without_empty_references(without_rows, ["nnUNetTrainerDMAF"], skipped)[0].startswith(
+        "(No run record has per-case rows")
+
+
+def test_references_without_the_work_dir_are_regenerated_from_the_seeded_generator(tmp_path):
+    from nnunetv2_dmaf import anatomical_phantom
+    try:
+        anatomical_phantom.template_folder()
+    except anatomical_phantom.TemplateNotFoundError as e:  # nilearn is in the "test" extra
+        pytest.skip(str(e))
+    regions = {"whole tumor": [1, 2, 3], "enhancing tumor": [3]}
+    regenerated = quality.cases_without_region(tmp_path / "gone", regions, ["Q_002", "Q_003"], 12.0, 0)
+    assert regenerated == {"whole tumor": set(), "enhancing tumor": {"Q_003"}}  # every 4th case has no ET
