@@ -492,6 +492,21 @@ def seed_stats(per_seed: dict[int, dict], subset: str, key: str,
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
 
 
+def score_header(regions: Sequence[str]) -> str:
+    """Header cells of ``score_cells``, joined with ' | '."""
+    return " | ".join([f"{r} (mean over 15)" for r in regions] + ["**mean over 15 subsets**"]
+                      + [f"{s} alone" for s in RARE_SUBSETS])
+
+
+def score_cells(per_seed: dict[int, dict], regions: Sequence[str],
+                dice: Callable[[dict], dict[str, dict[str, float]]] = subset_dice) -> list[str]:
+    """The overview tables' score cells of one trainer: each region and the mean of regions over the 15
+    subsets (bold), then the rarest modalities alone (RARE_SUBSETS); mean ± std over seeds."""
+    return ([fmt(seed_stats(per_seed, "mean over subsets", r, dice)) for r in regions]
+            + [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean', dice))}**"]
+            + [fmt(seed_stats(per_seed, s, "mean", dice)) for s in RARE_SUBSETS])
+
+
 def fmt(mean_std: tuple[float, float]) -> str:
     return f"{mean_std[0]:.3f}" if np.isnan(mean_std[1]) else f"{mean_std[0]:.3f} ± {mean_std[1]:.3f}"
 
@@ -511,17 +526,14 @@ def report(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str
              + f"; {args.epochs} epochs x "
              f"{args.iterations} iterations ({args.epochs * args.iterations} iterations); no TTA. "
              f"Values: Dice, mean ± std over the seeds listed.", "",
-             "| trainer | seeds | training min / run | " + " | ".join(f"{r} (mean over 15)" for r in regions)
-             + " | **mean over 15 subsets** | T2 alone | FLAIR alone | val. pseudo-Dice, last 10 % of epochs "
+             "| trainer | seeds | training min / run | " + score_header(regions) + " | val. pseudo-Dice, last 10 % of epochs "
              "(change vs the 10 % before) |",
              "|---|---|---|" + "---|" * (len(regions) + 4)]
     for t in trainers:
         per_seed = results[t]
         minutes = [sum(r["curves"]["epoch_seconds"]) / 60 for r in per_seed.values()]
         cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(per_seed))), f"{np.mean(minutes):.1f}" if minutes else "-"]
-        cells += [fmt(seed_stats(per_seed, "mean over subsets", r)) for r in regions]
-        cells += [f"**{fmt(seed_stats(per_seed, 'mean over subsets', 'mean'))}**"]
-        cells += [fmt(seed_stats(per_seed, s, "mean")) for s in RARE_SUBSETS]
+        cells += score_cells(per_seed, regions)
         cells += [", ".join(f"{end:.2f} ({change:+.3f})" for end, change in
                             (plateau(per_seed[seed]["curves"]["mean_fg_dice"]) for seed in sorted(per_seed)))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -582,14 +594,10 @@ def without_empty_references(results: dict[str, dict[int, dict]], trainers: Sequ
     left_out = "; ".join(f"{r}: {', '.join(sorted(c))}" for r, c in skipped.items())
     lines = [f"Without empty references (test cases left out of a region whose reference lacks it: {left_out}; "
              "the other regions over all test cases):", "",
-             "| trainer | seeds | " + " | ".join(f"{r} (mean over 15)" for r in regions)
-             + " | **mean over 15 subsets** | T2 alone | FLAIR alone |",
+             "| trainer | seeds | " + score_header(regions) + " |",
              "|---|---|" + "---|" * (len(regions) + 3)]
     for t in trainers:
-        cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(results[t])))]
-        cells += [fmt(seed_stats(results[t], "mean over subsets", r, dice)) for r in regions]
-        cells += [f"**{fmt(seed_stats(results[t], 'mean over subsets', 'mean', dice))}**"]
-        cells += [fmt(seed_stats(results[t], s, "mean", dice)) for s in RARE_SUBSETS]
+        cells = [TRAINERS.get(t, t), ",".join(map(str, sorted(results[t]))), *score_cells(results[t], regions, dice)]
         lines.append("| " + " | ".join(cells) + " |")
     if without_rows:
         lines += ["", "Left out (records without per-case rows): " + ", ".join(TRAINERS.get(t, t) for t in without_rows)]
