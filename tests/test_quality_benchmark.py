@@ -256,3 +256,72 @@ def test_references_without_the_work_dir_are_regenerated_from_the_seeded_generat
     regions = {"whole tumor": [1, 2, 3], "enhancing tumor": [3]}
     regenerated = quality.cases_without_region(tmp_path / "gone", regions, ["Q_002", "Q_003"], 12.0, 0)
     assert regenerated == {"whole tumor": set(), "enhancing tumor": {"Q_003"}}  # every 4th case has no ET
+
+
+def write_labels(folder: Path, labels_per_case: dict[str, list[int]]) -> None:
+    """Tiny reference label maps (labelsTs) holding the given label values."""
+    import SimpleITK as sitk
+    folder.mkdir(parents=True)
+    for case, values in labels_per_case.items():
+        image = np.zeros((2, 2, 2), dtype=np.uint8)
+        image.flat[:len(values)] = values
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / f"{case}.nii.gz"))
+
+
+def test_records_keep_the_empty_references_for_the_report_without_the_work_dir(tmp_path):
+    work_dir, records = tmp_path / "work", tmp_path / "records"
+    args = quality.build_parser().parse_args(["--work-dir", str(work_dir)])
+    quality.check_settings(work_dir, args)
+    regions = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    write_labels(work_dir / "raw" / quality.DATASET / "labelsTs", {"case_0": [0, 1, 2, 3], "case_1": [0, 1, 2]})
+    for seed in (0, 1):
+        fake_finished_run(work_dir, "nnUNetTrainerDMAF", seed, 0.8)
+        path = quality.evaluation_summary(work_dir, "nnUNetTrainerDMAF", seed)
+        summary = json.loads(path.read_text())
+        summary["metadata"] = {"regions": regions, "cases": ["case_0", "case_1"]}
+        summary["per_case"] = [{"subset": row["subset"], "case": case, **{k: v for k, v in row.items() if k != "subset"}}
+                               for row in summary["subsets"] for case in ("case_0", "case_1")]
+        path.write_text(json.dumps(summary))
+    results = quality.collect(work_dir, records, ["nnUNetTrainerDMAF"], [0, 1])
+    assert results["nnUNetTrainerDMAF"][1]["empty_references"] == {
+        "whole tumor": [], "tumor core": [], "enhancing tumor": ["case_1"]}
+
+    shutil.rmtree(work_dir)  # no labels left; regenerating would give other references (or none)
+    again = quality.collect(work_dir, records, ["nnUNetTrainerDMAF"], [0, 1])
+    assert quality.recorded_empty_references(again) == {"whole tumor": set(), "tumor core": set(),
+                                                        "enhancing tumor": {"case_1"}}
+    assert "left out of a region whose reference lacks it: enhancing tumor: case_1;" in quality.report(again, args)
+    again["nnUNetTrainerDMAF"][1]["empty_references"] = {"enhancing tumor": []}
+    with pytest.raises(quality.DataError, match="nnUNetTrainerDMAF seed 0 and nnUNetTrainerDMAF seed 1 disagree"):
+        quality.recorded_empty_references(again)
+    del again["nnUNetTrainerDMAF"][1]["empty_references"]  # an older record: the references are looked up
+    assert quality.recorded_empty_references(again) is None
+
+
+def test_readme_comparison_table_is_made_from_the_run_records(tmp_path):
+    root = tmp_path / "records"
+    (cpu_title, cpu_flags, _), (_, gpu_flags, _) = quality.README_COLUMNS
+    cpu, gpu = (quality.records_folder(root, quality.settings_of(quality.build_parser().parse_args(list(flags))))
+                for flags in (cpu_flags, gpu_flags))
+    for folder, trainer, seed, dice in ((cpu, "nnUNetTrainerZeroFilled", 0, 0.6), (cpu, "nnUNetTrainerZeroFilled", 1, 0.7),
+                                        (cpu, "nnUNetTrainerDMAF", 0, 0.8), (cpu, "nnUNetTrainerDMAF", 1, 0.9),
+                                        (cpu, "nnUNetTrainerDMAF_noDTM", 0, 1.0), (gpu, "nnUNetTrainerDMAF", 3, 0.5)):
+        work_dir = tmp_path / "work" / folder.name
+        fake_finished_run(work_dir, trainer, seed, dice)
+        folder.mkdir(parents=True, exist_ok=True)
+        quality.record_path(folder, trainer, seed).write_text(json.dumps(
+            {"summary": json.loads(quality.evaluation_summary(work_dir, trainer, seed).read_text())}))
+    lines = quality.readme_summary(root).splitlines()
+    assert lines[0].startswith(f"| trainer | {cpu_title}: seeds | mean over 15 subsets | T2 alone | FLAIR alone |")
+    # an ablation's record (noDTM, 1.0) is not a row; the best value of each column is bold
+    assert lines[2:] == ["| `nnUNetTrainerZeroFilled` | 2 | 0.650 ± 0.071 | 0.650 | 0.650 | not run |  |  |",
+                         "| `nnUNetTrainerChannelDropout` | not run |  |  |  | not run |  |  |",
+                         "| `nnUNetTrainerDMAF` | 2 | **0.850 ± 0.071** | **0.850** | **0.850** | 1 | **0.500** | **0.500** |",
+                         "| `nnUNetTrainerDMAF_singleModalityFusion_025` | not run |  |  |  | not run |  |  |"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{quality.README_BEGIN}\nold table\n{quality.README_END}\noutro\n")
+    quality.write_readme(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{quality.README_BEGIN}\nnew table\n{quality.README_END}\noutro\n"
+    readme.write_text("no block\n")
+    with pytest.raises(quality.UsageError, match="no quality summary block"):
+        quality.write_readme(readme, "new table\n")
