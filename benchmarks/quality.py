@@ -368,8 +368,8 @@ def record_path(records: Path, trainer: str, seed: int) -> Path:
 def write_record(work_dir: Path, records: Path, trainer: str, seed: int) -> Path:
     """The run record of a finished and evaluated (trainer, seed) of the work dir: trainer, seed,
     settings, code (commits it was trained/evaluated with), the evaluation's summary.json, the
-    training curves and ``empty_references`` (``empty_references``; left out when the references
-    are not available). Runs from before records existed get the code 'unknown'."""
+    training curves and the test cases without each region (see ``empty_references``; left out
+    when the references are not available). Runs from before records existed get the code 'unknown'."""
     provenance = provenance_path(work_dir, trainer, seed)
     record = {"trainer": trainer, "seed": seed, "settings": json.loads((work_dir / "settings.json").read_text()),
               "code": json.loads(provenance.read_text()) if provenance.is_file() else
@@ -807,10 +807,16 @@ def write_docs(docs: Path, tables: str, variant: str = "") -> None:
     if variant and begin not in text and end not in text and DOCS_NEW_BLOCK_BEFORE in text:
         head, tail = text.split(DOCS_NEW_BLOCK_BEFORE, 1)
         text = f"{head}### Results: {variant}\n\n{begin}\n{end}\n\n{DOCS_NEW_BLOCK_BEFORE}{tail}"
+    replace_block(path, text, begin, end, tables, "quality block")
+
+
+def replace_block(path: Path, text: str, begin: str, end: str, block: str, what: str) -> None:
+    """Writes ``text`` into ``path`` with the lines between ``begin`` and ``end`` replaced by ``block``;
+    UsageError naming the file when the markers are missing."""
     if begin not in text or end not in text:
-        raise UsageError(f"{path}: no quality block (lines '{begin}' ... '{end}') to write into")
+        raise UsageError(f"{path}: no {what} (lines '{begin}' ... '{end}') to write into")
     head, rest = text.split(begin, 1)
-    write_text_atomic(path, head + begin + "\n" + tables + rest[rest.index(end):])
+    write_text_atomic(path, head + begin + "\n" + block + rest[rest.index(end):])
 
 
 #: README's comparison table (``readme_summary``): its rows, and per column group the title, this
@@ -824,49 +830,52 @@ README_END = "<!-- end of quality summary -->"
 
 
 def recorded_runs(folder: Path, trainer: str) -> dict[int, dict]:
-    """seed -> run record of ``trainer`` in one records folder."""
-    runs = {}
-    for path in folder.glob(f"{trainer}_seed*.json"):
-        seed = path.stem[len(trainer) + len("_seed"):]
+    """seed -> run record of ``trainer`` in one records folder (``record_path`` names)."""
+    runs: dict[int, dict] = {}
+    prefix = record_path(folder, trainer, 0).name[:-len("0.json")]
+    for path in folder.glob(f"{prefix}*.json"):
+        seed = path.stem[len(prefix):]
         if seed.isdigit():
             runs[int(seed)] = json.loads(path.read_text())
     return runs
 
 
+def summary_scores(runs: dict[int, dict], alone: Sequence[str]) -> list[tuple[float, float]]:
+    """One trainer's scores in a README column group: mean over 15 subsets, then each subset of ``alone``
+    (mean and std over seeds)."""
+    return [seed_stats(runs, subset, "mean") for subset in ("mean over subsets", *alone)]
+
+
 def readme_summary(records: Path) -> str:
     """README's comparison table (README_TRAINERS x README_COLUMNS) from every run record of those
-    settings: seeds, mean over 15 subsets (mean ± std over seeds) and the subsets alone; the best
-    value of each score column in bold, 'not run' where a trainer has no record."""
-    groups = []
+    settings: seeds, mean over 15 subsets (mean ± std over seeds) and the subsets alone (mean); the
+    best printed value of each score column in bold, 'not run' where a trainer has no record.
+    UsageError when ``records`` holds no record of any of them."""
+    header, rows, found = ["trainer"], {t: [f"`{t}`"] for t in README_TRAINERS}, False
     for title, flags, alone in README_COLUMNS:
         folder = records_folder(records, settings_of(build_parser().parse_args(list(flags))))
-        groups.append((title, alone, {t: recorded_runs(folder, t) for t in README_TRAINERS}))
-    header, cells = ["trainer"], {t: [f"`{t}`"] for t in README_TRAINERS}
-    for title, alone, runs in groups:
+        runs = {t: recorded_runs(folder, t) for t in README_TRAINERS}
+        found = found or any(runs.values())
         header += [f"{title}: seeds", "mean over 15 subsets", *(f"{s} alone" for s in alone)]
-        keys = [("mean over subsets", True), *((s, False) for s in alone)]
-        scores = {t: [seed_stats(runs[t], subset, "mean") if runs[t] else None for subset, _ in keys]
-                  for t in README_TRAINERS}
-        best = [max((scores[t][i][0] for t in README_TRAINERS if scores[t][i]), default=None) for i in range(len(keys))]
+        scores = {t: summary_scores(runs[t], alone) for t in README_TRAINERS if runs[t]}
+        best = [max((round(v[i][0], 3) for v in scores.values() if not np.isnan(v[i][0])), default=None)
+                for i in range(1 + len(alone))]
         for t in README_TRAINERS:
-            if not runs[t]:
-                cells[t] += ["not run", *[""] * len(keys)]
+            if t not in scores:
+                rows[t] += ["not run", *[""] * (1 + len(alone))]
                 continue
-            cells[t].append(str(len(runs[t])))
-            for i, (stats, (_, with_std)) in enumerate(zip(scores[t], keys)):
-                text = fmt(stats) if with_std else f"{stats[0]:.3f}"
-                cells[t].append(f"**{text}**" if stats[0] == best[i] else text)
+            texts = [fmt(scores[t][0])] + [fmt((mean, float("nan"))) for mean, _ in scores[t][1:]]
+            rows[t] += [str(len(runs[t]))] + [f"**{text}**" if round(value[0], 3) == b else text
+                                              for text, value, b in zip(texts, scores[t], best)]
+    if not found:
+        raise UsageError(f"{records}: no run record of the README's trainers and settings (README_COLUMNS)")
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(cells[t]) + " |" for t in README_TRAINERS)]) + "\n"
+                      *("| " + " | ".join(rows[t]) + " |" for t in README_TRAINERS)]) + "\n"
 
 
 def write_readme(readme: Path, table: str) -> None:
     """Replaces the block between README_BEGIN and README_END in ``readme`` with ``table``."""
-    text = readme.read_text(encoding="utf-8")
-    if README_BEGIN not in text or README_END not in text:
-        raise UsageError(f"{readme}: no quality summary block (lines '{README_BEGIN}' ... '{README_END}') to write into")
-    head, rest = text.split(README_BEGIN, 1)
-    write_text_atomic(readme, head + README_BEGIN + "\n" + table + rest[rest.index(README_END):])
+    replace_block(readme, readme.read_text(encoding="utf-8"), README_BEGIN, README_END, table, "quality summary block")
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -887,7 +896,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--readme", type=Path, default=None,
                         help="README whose comparison table (marked block) is remade from the run records of "
                              "README_COLUMNS' settings whenever the docs are written (default: this checkout's "
-                             "README.md with the default --records, none with other records)")
+                             "README.md with the default --records and --docs-dir, else none)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/evaluations run at the same time (default 1)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads per training (default 1: on a busy 2-core machine more threads "
@@ -939,7 +948,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"wrote {path}")
         write_docs(args.docs_dir, tables, variant)
         print(f"wrote the tables into {args.docs_dir / 'benchmarks.md'}")
-        readme = args.readme or (REPO / "README.md" if args.records.resolve() == RECORDS else None)
+        default_outputs = args.records.resolve() == RECORDS and args.docs_dir.resolve() == REPO / "docs"
+        readme = args.readme or (REPO / "README.md" if default_outputs else None)
         if readme is not None:
             write_readme(readme, readme_summary(args.records))
             print(f"wrote the comparison table into {readme}")

@@ -310,7 +310,9 @@ def test_readme_comparison_table_is_made_from_the_run_records(tmp_path):
         fake_finished_run(work_dir, trainer, seed, dice)
         folder.mkdir(parents=True, exist_ok=True)
         quality.record_path(folder, trainer, seed).write_text(json.dumps(
-            {"summary": json.loads(quality.evaluation_summary(work_dir, trainer, seed).read_text())}))
+            {"summary": json.loads(quality.evaluation_summary(work_dir, trainer, seed).read_text()),
+             "curves": json.loads((work_dir / "curves" / f"{trainer}_seed{seed}.json").read_text()),
+             "code": {"trained": ["abc"], "evaluated": ["abc"]}}))
     lines = quality.readme_summary(root).splitlines()
     assert lines[0].startswith(f"| trainer | {cpu_title}: seeds | mean over 15 subsets | T2 alone | FLAIR alone |")
     # an ablation's record (noDTM, 1.0) is not a row; the best value of each column is bold
@@ -322,6 +324,15 @@ def test_readme_comparison_table_is_made_from_the_run_records(tmp_path):
     readme.write_text(f"intro\n{quality.README_BEGIN}\nold table\n{quality.README_END}\noutro\n")
     quality.write_readme(readme, "new table\n")
     assert readme.read_text() == f"intro\n{quality.README_BEGIN}\nnew table\n{quality.README_END}\noutro\n"
+    # writing the docs from the records remakes the README's table too
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "benchmarks.md").write_text(f"{quality.DOCS_NEW_BLOCK_BEFORE}\n")
+    quality.main(["--work-dir", str(tmp_path / "gone"), "--epochs", "400", "--report-only", "--records", str(root),
+                  "--docs-dir", str(docs), "--readme", str(readme)])
+    assert readme.read_text() == f"intro\n{quality.README_BEGIN}\n" + "\n".join(lines) + f"\n{quality.README_END}\noutro\n"
     readme.write_text("no block\n")
     with pytest.raises(quality.UsageError, match="no quality summary block"):
         quality.write_readme(readme, "new table\n")
+    with pytest.raises(quality.UsageError, match="no run record of the README's trainers"):
+        quality.readme_summary(tmp_path / "elsewhere")
