@@ -202,15 +202,20 @@ def test_other_settings_get_their_own_docs_block_and_figures(tmp_path):
     assert names == [f"quality_subsets_{variant}.png", f"quality_curves_{variant}.png"]
 
 
-def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_path):
+def write_labels(folder: Path, labels_per_case: dict[str, list[int]]) -> None:
+    """Tiny reference label maps (labelsTs) holding the given label values."""
     import SimpleITK as sitk
-    regions = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
-    labels = tmp_path / "raw" / quality.DATASET / "labelsTs"
-    labels.mkdir(parents=True)
-    for case, values in (("case_0", [0, 1, 2, 3]), ("case_1", [0, 1, 2])):  # case_1: no ET in its reference
+    folder.mkdir(parents=True)
+    for case, values in labels_per_case.items():
         image = np.zeros((2, 2, 2), dtype=np.uint8)
         image.flat[:len(values)] = values
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(labels / f"{case}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / f"{case}.nii.gz"))
+
+
+def test_table_without_empty_references_leaves_no_et_cases_out_of_et_only(tmp_path):
+    regions = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
+    # case_1: no ET in its reference
+    write_labels(tmp_path / "raw" / quality.DATASET / "labelsTs", {"case_0": [0, 1, 2, 3], "case_1": [0, 1, 2]})
     skipped = quality.cases_without_region(tmp_path, regions, ["case_0", "case_1"], 12.0, 0)
     assert skipped == {"whole tumor": set(), "tumor core": set(), "enhancing tumor": {"case_1"}}
     assert quality.cases_without_region(tmp_path, regions, [], 12.0, 0) is None
@@ -256,16 +261,6 @@ def test_references_without_the_work_dir_are_regenerated_from_the_seeded_generat
     regions = {"whole tumor": [1, 2, 3], "enhancing tumor": [3]}
     regenerated = quality.cases_without_region(tmp_path / "gone", regions, ["Q_002", "Q_003"], 12.0, 0)
     assert regenerated == {"whole tumor": set(), "enhancing tumor": {"Q_003"}}  # every 4th case has no ET
-
-
-def write_labels(folder: Path, labels_per_case: dict[str, list[int]]) -> None:
-    """Tiny reference label maps (labelsTs) holding the given label values."""
-    import SimpleITK as sitk
-    folder.mkdir(parents=True)
-    for case, values in labels_per_case.items():
-        image = np.zeros((2, 2, 2), dtype=np.uint8)
-        image.flat[:len(values)] = values
-        sitk.WriteImage(sitk.GetImageFromArray(image), str(folder / f"{case}.nii.gz"))
 
 
 def test_records_keep_the_empty_references_for_the_report_without_the_work_dir(tmp_path):
