@@ -293,6 +293,66 @@ def test_records_keep_the_empty_references_for_the_report_without_the_work_dir(t
     assert quality.recorded_empty_references(again) is None
 
 
+def test_records_of_one_setting_refuse_a_work_dir_with_other_data(tmp_path):
+    from nnunetv2_dmaf import anatomical_phantom
+    try:
+        anatomical_phantom.template_folder()
+    except anatomical_phantom.TemplateNotFoundError as e:  # nilearn is in the "test" extra
+        pytest.skip(str(e))
+    records = tmp_path / "records"
+
+    def work_dir(name: str, data_seed: int, table: dict[str, list[bool]] | None = None) -> Path:
+        raw = anatomical_phantom.generate_dataset(tmp_path / name / "raw", quality.DATASET_ID, quality.DATASET_NAME,
+                                                  2, 1, 12.0, data_seed)
+        if table is not None:
+            quality.write_availability_table(quality.availability_table_path(raw), table,
+                                             anatomical_phantom.CHANNEL_NAMES)
+        return tmp_path / name
+
+    table = {"DMAFQuality_000": [True, True, False, True], "DMAFQuality_001": [True, False, True, False]}
+    first = work_dir("first", 0, table)
+    quality.check_data(records, first)  # the first run of the setting stores the fingerprint
+    stored = json.loads((records / quality.DATA_FILE).read_text())
+    assert len(stored["files"]) == 3 * 5 and stored["availability"][0] == "case_id,T1,T1ce,T2,FLAIR"
+    quality.check_data(records, work_dir("regenerated", 0, table))  # a later session's work dir: same data
+    assert json.loads((records / quality.DATA_FILE).read_text()) == stored
+
+    with pytest.raises(quality.DataError, match="is not the data of the run records in .*voxel counts or intensities"):
+        quality.check_data(records, work_dir("other_seed", 1, table))
+    swapped = {case: mask[::-1] for case, mask in table.items()}
+    with pytest.raises(quality.DataError, match="the availability table differs"):
+        quality.check_data(records, work_dir("other_table", 0, swapped))
+    other = tmp_path / "other_seed"
+    fake_finished_run(other, "nnUNetTrainerDMAF", 0, 0.8)
+    with pytest.raises(quality.DataError, match="is not the data of the run records"):
+        quality.write_record(other, records, "nnUNetTrainerDMAF", 0)
+    assert not quality.record_path(records, "nnUNetTrainerDMAF", 0).exists()
+    # the last bits of the floating point generator may differ between machines: not a difference
+    close = json.loads(json.dumps(stored))
+    close["files"]["imagesTr/DMAFQuality_000_0000.nii.gz"]["mean"] *= 1 + 1e-5
+    assert quality.data_difference(stored, close) is None
+
+
+def test_the_benchmark_checks_the_data_before_it_trains(tmp_path, monkeypatch):
+    work_dir, records = tmp_path / "work", tmp_path / "records"
+    argv = ["--work-dir", str(work_dir), "--records", str(records), "--no-docs"]
+    folder = quality.records_folder(records, quality.settings_of(quality.build_parser().parse_args(argv)))
+    folder.mkdir(parents=True)
+    (folder / quality.DATA_FILE).write_text(json.dumps({"availability": None, "files": {}}))
+
+    def prepare(work_dir: Path, args) -> None:  # stands in for generating + planning: other data
+        raw = work_dir / "raw" / quality.DATASET
+        write_labels(raw / "labelsTs", {"case_0": [0, 1]})
+        (raw / "dataset.json").write_text("{}")
+
+    def run_all(*args) -> None:
+        raise AssertionError("trained on data that are not the records' data")
+    monkeypatch.setattr(quality, "prepare", prepare)
+    monkeypatch.setattr(quality, "run_all", run_all)
+    with pytest.raises(quality.DataError, match=r"\(1 case file\(s\) only on one side, e.g. labelsTs/case_0.nii.gz\)"):
+        quality.main(argv)
+
+
 def test_readme_comparison_table_is_made_from_the_run_records(tmp_path):
     root = tmp_path / "records"
     (cpu_title, cpu_flags, _), (_, gpu_flags, _) = quality.README_COLUMNS
