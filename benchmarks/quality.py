@@ -28,8 +28,9 @@ evaluation, training curves and the commit it was trained and evaluated with) in
 tables are made from these records, so runs of one setting add up over sessions and machines
 whose work dirs are gone: the generated data are the same for the same settings (seeded), and a
 recorded (trainer, seed) is not trained again. That the data are the same is checked: the first run
-of a setting stores the fingerprint of its data in ``<settings>/data.json`` (``check_data``), and a
-work dir with other data (another generator or nilearn version) is refused before it trains.
+of a data setting stores the fingerprint of its data (``data_path``: ``data-<data settings>.json``
+beside the records folders), and a work dir with other data (another generator or nilearn version)
+is refused before it trains or is recorded (``check_data``).
 
 At the end (and with ``--report-only`` at any time, from whatever has finished) it prints the
 tables, writes them into the marked block of ``docs/benchmarks.md`` and the plots into
@@ -56,7 +57,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -363,69 +364,157 @@ def note_code_version(work_dir: Path, trainer: str, seed: int, step: str) -> Non
     write_text_atomic(path, json.dumps(provenance, indent=2))
 
 
-#: ``data_difference`` tolerance: voxel counts and intensity moments of the same seeded data may differ
-#: in their last bits between machines (floating point in the generator); a real change is larger
-DATA_RTOL = 1e-3
-DATA_FILE = "data.json"
+#: ``data_difference`` tolerances. The same seeded data may differ between machines in the last bits of
+#: the generator's floating point, which can flip a voxel at a threshold; a real change is larger.
+DATA_RTOL = 1e-3  # intensity mean/std (relative) and label voxel counts (relative, at least DATA_VOXELS)
+DATA_VOXELS = 2
+DATA_CENTROID = 0.1  # centroids, in voxels (more for small labels: DATA_VOXELS flipped voxels' worth)
 
 
-def data_fingerprint(raw: Path) -> dict:
-    """What identifies a generated raw dataset folder: the availability table's rows and, per case file
-    (``imagesTr/<name>`` ... ``labelsTs/<name>``), its shape and the voxel count per label value
-    (labels) or the mean and std of the intensities (images). About 1.5 s for 130 cases at 6 mm."""
+def data_path(records: Path, work_dir: Path) -> Path:
+    """The data fingerprint of the work dir's data settings, shared by every schedule and plans setting
+    of the same data: ``<records root>/data-train<n>-test<n>-<spacing>mm-data<seed>.json``."""
+    s = json.loads((work_dir / "settings.json").read_text())
+    return records.parent / f"data-train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}.json"
+
+
+def case_file_entry(path: Path, labels: bool) -> dict:
+    """One case file of a ``data_fingerprint``: shape, geometry (spacing, origin, direction) and per label
+    value its voxel count and centroid (labels) or the intensity mean, std and centroid (images);
+    centroids in voxels, (z, y, x)."""
     import SimpleITK as sitk
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(image)
+    grid = np.indices(array.shape).reshape(array.ndim, -1).astype(np.float64)
+    entry: dict = {"shape": list(array.shape),
+                   "geometry": [round(v, 4) for v in (*image.GetSpacing(), *image.GetOrigin(), *image.GetDirection())]}
+    if labels:
+        values, counts = np.unique(array, return_counts=True)
+        entry["counts"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+        entry["centroids"] = {str(int(v)): [round(float(x), 3) for x in grid[:, array.ravel() == v].mean(1)]
+                              for v in values}
+    else:
+        weights = np.abs(array.ravel().astype(np.float64))
+        entry["mean"], entry["std"] = float(f"{array.mean():.6g}"), float(f"{array.std():.6g}")
+        entry["centroid"] = [round(float(x), 3) for x in grid @ weights / weights.sum()] if weights.any() else None
+    return entry
+
+
+@lru_cache(maxsize=4)
+def data_fingerprint(raw: Path) -> dict:
+    """What identifies a generated raw dataset folder: its dataset.json, the availability table's rows
+    and every case file (``imagesTr/<name>`` ... ``labelsTs/<name>``: ``case_file_entry``). About 2 s
+    for 130 cases at 6 mm; computed once per process and folder (the data do not change during a run)."""
     table = availability_table_path(raw)
-    fingerprint: dict = {"availability": table.read_text().splitlines() if table.is_file() else None, "files": {}}
+    fingerprint: dict = {"dataset": json.loads((raw / "dataset.json").read_text()),
+                         "availability": table.read_text().splitlines() if table.is_file() else None, "files": {}}
     for folder in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         for path in sorted((raw / folder).glob("*.nii.gz")):
-            array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-            entry: dict = {"shape": list(array.shape)}
-            if folder.startswith("labels"):
-                values, counts = np.unique(array, return_counts=True)
-                entry["counts"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
-            else:
-                entry["mean"], entry["std"] = float(f"{array.mean():.6g}"), float(f"{array.std():.6g}")
-            fingerprint["files"][f"{folder}/{path.name}"] = entry
+            fingerprint["files"][f"{folder}/{path.name}"] = case_file_entry(path, folder.startswith("labels"))
     return fingerprint
+
+
+def incomplete_data(fingerprint: dict) -> str | None:
+    """Why a ``data_fingerprint``'s dataset is incomplete (a case without all its channels, fewer
+    training cases than dataset.json says), in words; None when complete."""
+    dataset, names = fingerprint["dataset"], fingerprint["files"]
+    ending, channels = dataset.get("file_ending", ".nii.gz"), len(dataset.get("channel_names", {}))
+    for split in ("Tr", "Ts"):
+        cases = [n[len(f"labels{split}/"):-len(ending)] for n in names if n.startswith(f"labels{split}/")]
+        expected = {f"images{split}/{case}_{c:04d}{ending}" for case in cases for c in range(channels)}
+        images = {n for n in names if n.startswith(f"images{split}/")}
+        if images != expected:
+            odd = sorted(images ^ expected)[0]
+            return f"images{split} does not hold the {channels} channels of exactly the cases of labels{split}: " \
+                   f"{odd} is {'missing' if odd in expected else 'extra'}"
+    training = sum(n.startswith("labelsTr/") for n in names)
+    if training != dataset.get("numTraining"):
+        return f"{training} training cases, dataset.json says {dataset.get('numTraining')}"
+    return None
+
+
+def case_file_difference(name: str, old: dict, new: dict) -> str | None:
+    """The first difference between two ``case_file_entry``s of ``name`` beyond the DATA_* tolerances."""
+    def moved(a: Sequence[float] | None, b: Sequence[float] | None, tolerance: float) -> bool:
+        return (a is None) != (b is None) or (a is not None and max(abs(x - y) for x, y in zip(a, b)) > tolerance)
+    for key in ("shape", "geometry"):
+        if old[key] != new[key]:
+            return f"{name}: {key} {old[key]} in the records, {new[key]} in the work dir"
+    if "counts" in old:
+        if old["counts"].keys() != new.get("counts", {}).keys():
+            return f"{name}: label values {sorted(old['counts'])} in the records, {sorted(new.get('counts', {}))} in the work dir"
+        for value, count in old["counts"].items():
+            allowed = max(DATA_VOXELS, DATA_RTOL * count)
+            if abs(count - new["counts"][value]) > allowed:
+                return f"{name}: {count} voxels of label {value} in the records, {new['counts'][value]} in the work dir"
+            if moved(old["centroids"][value], new["centroids"][value], max(DATA_CENTROID, allowed * max(old["shape"]) / count)):
+                return f"{name}: label {value} centred at {old['centroids'][value]} in the records, " \
+                       f"{new['centroids'][value]} in the work dir (voxels)"
+        return None
+    for key in ("mean", "std"):
+        if not np.isclose(old[key], new[key], rtol=DATA_RTOL, atol=DATA_RTOL):
+            return f"{name}: intensity {key} {old[key]} in the records, {new[key]} in the work dir"
+    if moved(old["centroid"], new["centroid"], DATA_CENTROID):
+        return f"{name}: intensities centred at {old['centroid']} in the records, {new['centroid']} in the work dir (voxels)"
+    return None
 
 
 def data_difference(recorded: dict, current: dict) -> str | None:
     """The first difference between two ``data_fingerprint``s in words; None when they are the same
-    data (shapes, table and label values exact; counts and intensity moments within DATA_RTOL)."""
-    if recorded["availability"] != current["availability"]:
-        return "the availability table differs"
+    data: dataset.json, table rows, file names, shapes, geometry and label values exact; voxel counts,
+    intensity moments and centroids within the DATA_* tolerances."""
+    if recorded["dataset"] != current["dataset"]:
+        keys = sorted(k for k in recorded["dataset"].keys() | current["dataset"].keys()
+                      if recorded["dataset"].get(k) != current["dataset"].get(k))
+        return f"dataset.json differs in {', '.join(keys)}"
+    old_rows, new_rows = recorded["availability"], current["availability"]
+    if old_rows != new_rows:
+        if old_rows is None or new_rows is None:
+            return f"the availability table is missing in the {'records' if old_rows is None else 'work dir'}"
+        row = next((i for i, (a, b) in enumerate(zip(old_rows, new_rows)) if a != b), min(len(old_rows), len(new_rows)))
+        def line(rows: list[str]) -> str:
+            return rows[row] if row < len(rows) else "no row"
+        return f"availability table line {row + 1}: {line(old_rows)!r} in the records, {line(new_rows)!r} in the work dir"
     names = recorded["files"].keys() ^ current["files"].keys()
     if names:
-        return f"{len(names)} case file(s) only on one side, e.g. {sorted(names)[0]}"
-    for name, old in recorded["files"].items():
-        new = current["files"][name]
-        if old["shape"] != new["shape"] or old.get("counts", {}).keys() != new.get("counts", {}).keys():
-            return f"{name}: shape or label values differ"
-        keys = [k for k in ("mean", "std") if k in old]
-        pairs = [(old["counts"][k], new["counts"][k]) for k in old.get("counts", {})] + \
-                [(old[k], new[k]) for k in keys]
-        if not all(np.isclose(a, b, rtol=DATA_RTOL, atol=DATA_RTOL) for a, b in pairs):
-            return f"{name}: voxel counts or intensities differ ({old} vs {new})"
-    return None
+        return f"{len(names)} case file(s) on one side only, e.g. {sorted(names)[0]}"
+    return next(filter(None, (case_file_difference(name, old, current["files"][name])
+                              for name, old in recorded["files"].items())), None)
 
 
 def check_data(records: Path, work_dir: Path) -> None:
-    """The run records of one setting must all come from the same data (runs add up over sessions
-    whose work dirs are regenerated): the first run writes ``records``/data.json, the fingerprint of
-    the work dir's raw dataset; a later work dir whose data differ (e.g. another generator or nilearn
-    version) is a DataError naming the first difference, before anything trains or is recorded."""
+    """The run records of one data setting must all come from the same data (runs add up over
+    sessions whose work dirs are regenerated): the first complete work dir of the setting stores its
+    ``data_fingerprint`` at ``data_path`` (created exclusively: of two runs at once, the second is
+    compared); a work dir whose data differ (e.g. another generator or nilearn version), that is
+    incomplete, or whose raw data are gone while a fingerprint exists, is a DataError naming the
+    first difference, before anything trains or is recorded."""
     raw = work_dir / "raw" / DATASET
     if not (raw / "dataset.json").is_file():
-        return  # nothing generated (a work dir of records only)
-    current, path = data_fingerprint(raw), records / DATA_FILE
+        if (work_dir / "settings.json").is_file() and data_path(records, work_dir).is_file():
+            raise DataError(f"{raw}: no generated data left to check against {data_path(records, work_dir)}; "
+                            f"regenerate them (run without --report-only) before recording")
+        return  # a work dir of records only: nothing was generated here
+    path, current = data_path(records, work_dir), data_fingerprint(raw)
+    problem = incomplete_data(current)
+    if problem is not None:
+        raise DataError(f"{raw} is incomplete ({problem}); delete it and run again to regenerate it")
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(path, json.dumps(current, separators=(",", ":")) + "\n")
-        return
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        staged.write_text(json.dumps(current, separators=(",", ":")) + "\n")
+        try:
+            os.link(staged, path)  # exclusive: a fingerprint another run stored first is compared below
+            return
+        except FileExistsError:
+            pass
+        finally:
+            staged.unlink()
     difference = data_difference(json.loads(path.read_text()), current)
     if difference is not None:
-        raise DataError(f"{raw} is not the data of the run records in {records} ({difference}); "
-                        f"use another --records folder for other data")
+        raise DataError(f"{raw} is not the data the run records of {path.name} were made on ({difference}); "
+                        f"use another --records folder, or regenerate the work dir with the generator and "
+                        f"nilearn of the records' commits")
 
 
 def record_path(records: Path, trainer: str, seed: int) -> Path:

@@ -5,6 +5,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -293,38 +294,76 @@ def test_records_keep_the_empty_references_for_the_report_without_the_work_dir(t
     assert quality.recorded_empty_references(again) is None
 
 
-def test_records_of_one_setting_refuse_a_work_dir_with_other_data(tmp_path):
+def test_records_of_one_data_setting_refuse_a_work_dir_with_other_data(tmp_path):
+    import SimpleITK as sitk
     from nnunetv2_dmaf import anatomical_phantom
     try:
         anatomical_phantom.template_folder()
     except anatomical_phantom.TemplateNotFoundError as e:  # nilearn is in the "test" extra
         pytest.skip(str(e))
-    records = tmp_path / "records"
+    records = tmp_path / "records" / "train2-test1-12mm-data0-width16-batch2-100x25-val4"
+    table = {"DMAFQuality_000": [True, True, False, True], "DMAFQuality_001": [True, False, True, False]}
 
-    def work_dir(name: str, data_seed: int, table: dict[str, list[bool]] | None = None) -> Path:
+    def work_dir(name: str, data_seed: int = 0, table: dict[str, list[bool]] = table,
+                 change: Callable[[Path], None] | None = None) -> Path:
+        """A work dir of 2 + 1 generated cases at 12 mm (settings.json, raw data, table), then ``change``d."""
+        args = quality.build_parser().parse_args(["--work-dir", str(tmp_path / name), "--num-training", "2",
+                                                  "--num-test", "1", "--spacing", "12"])
+        quality.check_settings(tmp_path / name, args)
         raw = anatomical_phantom.generate_dataset(tmp_path / name / "raw", quality.DATASET_ID, quality.DATASET_NAME,
                                                   2, 1, 12.0, data_seed)
-        if table is not None:
-            quality.write_availability_table(quality.availability_table_path(raw), table,
-                                             anatomical_phantom.CHANNEL_NAMES)
+        quality.write_availability_table(quality.availability_table_path(raw), table, anatomical_phantom.CHANNEL_NAMES)
+        if change is not None:
+            change(raw)
         return tmp_path / name
 
-    table = {"DMAFQuality_000": [True, True, False, True], "DMAFQuality_001": [True, False, True, False]}
-    first = work_dir("first", 0, table)
-    quality.check_data(records, first)  # the first run of the setting stores the fingerprint
-    stored = json.loads((records / quality.DATA_FILE).read_text())
-    assert len(stored["files"]) == 3 * 5 and stored["availability"][0] == "case_id,T1,T1ce,T2,FLAIR"
-    quality.check_data(records, work_dir("regenerated", 0, table))  # a later session's work dir: same data
-    assert json.loads((records / quality.DATA_FILE).read_text()) == stored
+    def rewrite(path: Path, edit: Callable[[np.ndarray], np.ndarray]) -> None:
+        image = sitk.ReadImage(str(path))
+        changed = sitk.GetImageFromArray(edit(sitk.GetArrayFromImage(image)))
+        changed.CopyInformation(image)
+        sitk.WriteImage(changed, str(path))
 
-    with pytest.raises(quality.DataError, match="is not the data of the run records in .*voxel counts or intensities"):
-        quality.check_data(records, work_dir("other_seed", 1, table))
-    swapped = {case: mask[::-1] for case, mask in table.items()}
-    with pytest.raises(quality.DataError, match="the availability table differs"):
-        quality.check_data(records, work_dir("other_table", 0, swapped))
-    other = tmp_path / "other_seed"
+    def refused(match: str, **kwargs) -> None:
+        with pytest.raises(quality.DataError, match=match):
+            quality.check_data(records, work_dir(f"case{len(list(tmp_path.iterdir()))}", **kwargs))
+
+    first = work_dir("first")
+    quality.check_data(records, first)  # the first run of the data setting stores the fingerprint
+    path = quality.data_path(records, first)
+    assert path == tmp_path / "records" / "data-train2-test1-12mm-data0.json"
+    stored = json.loads(path.read_text())
+    assert len(stored["files"]) == 3 * 5 and stored["availability"][0] == "case_id,T1,T1ce,T2,FLAIR"
+    quality.check_data(records, work_dir("regenerated"))  # a later session's work dir: the same data
+    assert json.loads(path.read_text()) == stored
+
+    def flip_one_label_voxel(raw: Path) -> None:  # a last-bit difference at a threshold: tolerated
+        def edit(labels: np.ndarray) -> np.ndarray:
+            labels.flat[np.flatnonzero(labels == 1)[0]] = 0
+            return labels
+        rewrite(raw / "labelsTr" / "DMAFQuality_000.nii.gz", edit)
+    quality.check_data(records, work_dir("one_voxel", change=flip_one_label_voxel))
+
+    refused("not the data the run records of data-train2-test1-12mm-data0.json were made on .*", data_seed=1)
+    refused(r"availability table line 2: 'DMAFQuality_000,1,1,0,1' in the records, 'DMAFQuality_000,1,0,1,1'",
+            table={case: mask[::-1] for case, mask in table.items()})
+    refused(r"imagesTs/DMAFQuality_002_0002.nii.gz: intensities centred at .* in the work dir \(voxels\)",
+            change=lambda raw: rewrite(raw / "imagesTs" / "DMAFQuality_002_0002.nii.gz", lambda a: a[:, :, ::-1]))
+    refused(r"imagesTr/DMAFQuality_001_0003.nii.gz: intensity mean",
+            change=lambda raw: rewrite(raw / "imagesTr" / "DMAFQuality_001_0003.nii.gz", lambda a: a * 1.01))
+    def halve_the_edema(labels: np.ndarray) -> np.ndarray:
+        labels.flat[np.flatnonzero(labels == 1)[::2]] = 0
+        return labels
+    refused(r"labelsTs/DMAFQuality_002.nii.gz: \d+ voxels of label 0 in the records",
+            change=lambda raw: rewrite(raw / "labelsTs" / "DMAFQuality_002.nii.gz", halve_the_edema))
+    refused(r"incomplete \(imagesTr does not hold the 4 channels .*: imagesTr/DMAFQuality_001_0001.nii.gz is missing\)",
+            change=lambda raw: (raw / "imagesTr" / "DMAFQuality_001_0001.nii.gz").unlink())
+
+    other = work_dir("recorded_elsewhere", data_seed=1)
     fake_finished_run(other, "nnUNetTrainerDMAF", 0, 0.8)
-    with pytest.raises(quality.DataError, match="is not the data of the run records"):
+    with pytest.raises(quality.DataError, match="not the data the run records"):
+        quality.write_record(other, records, "nnUNetTrainerDMAF", 0)
+    shutil.rmtree(other / "raw")
+    with pytest.raises(quality.DataError, match="no generated data left to check against"):
         quality.write_record(other, records, "nnUNetTrainerDMAF", 0)
     assert not quality.record_path(records, "nnUNetTrainerDMAF", 0).exists()
     # the last bits of the floating point generator may differ between machines: not a difference
@@ -336,20 +375,21 @@ def test_records_of_one_setting_refuse_a_work_dir_with_other_data(tmp_path):
 def test_the_benchmark_checks_the_data_before_it_trains(tmp_path, monkeypatch):
     work_dir, records = tmp_path / "work", tmp_path / "records"
     argv = ["--work-dir", str(work_dir), "--records", str(records), "--no-docs"]
-    folder = quality.records_folder(records, quality.settings_of(quality.build_parser().parse_args(argv)))
-    folder.mkdir(parents=True)
-    (folder / quality.DATA_FILE).write_text(json.dumps({"availability": None, "files": {}}))
+    (records / "data-train120-test10-6mm-data0.json").parent.mkdir(parents=True)
+    (records / "data-train120-test10-6mm-data0.json").write_text(json.dumps(
+        {"dataset": {"numTraining": 0}, "availability": None, "files": {}}))
 
     def prepare(work_dir: Path, args) -> None:  # stands in for generating + planning: other data
         raw = work_dir / "raw" / quality.DATASET
+        raw.mkdir(parents=True)
+        (raw / "dataset.json").write_text(json.dumps({"numTraining": 0}))
         write_labels(raw / "labelsTs", {"case_0": [0, 1]})
-        (raw / "dataset.json").write_text("{}")
 
     def run_all(*args) -> None:
         raise AssertionError("trained on data that are not the records' data")
     monkeypatch.setattr(quality, "prepare", prepare)
     monkeypatch.setattr(quality, "run_all", run_all)
-    with pytest.raises(quality.DataError, match=r"\(1 case file\(s\) only on one side, e.g. labelsTs/case_0.nii.gz\)"):
+    with pytest.raises(quality.DataError, match=r"\(1 case file\(s\) on one side only, e.g. labelsTs/case_0.nii.gz\)"):
         quality.main(argv)
 
 
