@@ -325,12 +325,17 @@ def evaluate(work_dir: Path, trainer: str, seed: int, device: str, threads: int)
 
 
 # ------------------------------------------------------------------------------ run records
+def data_name(settings: dict) -> str:
+    """The generated data of ``settings``, by their values: ``train<n>-test<n>-<spacing>mm-data<seed>``."""
+    s = settings
+    return f"train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}"
+
+
 def records_folder(records: Path, settings: dict) -> Path:
     """``records``/<one folder per data/schedule setting, named by its values>."""
     s = settings
     plans = "fullsize" if s.get("full_size_plans") else f"width{s['features']}-batch{s['batch_size']}"
-    return records / (f"train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}-"
-                      f"{plans}-{s['epochs']}x{s['iterations']}-val{s['val_iterations']}")
+    return records / f"{data_name(s)}-{plans}-{s['epochs']}x{s['iterations']}-val{s['val_iterations']}"
 
 
 def code_version() -> str:
@@ -373,9 +378,8 @@ DATA_CENTROID = 0.1  # centroids, in voxels (more for small labels: DATA_VOXELS 
 
 def data_path(records: Path, work_dir: Path) -> Path:
     """The data fingerprint of the work dir's data settings, shared by every schedule and plans setting
-    of the same data: ``<records root>/data-train<n>-test<n>-<spacing>mm-data<seed>.json``."""
-    s = json.loads((work_dir / "settings.json").read_text())
-    return records.parent / f"data-train{s['num_training']}-test{s['num_test']}-{s['spacing']:g}mm-data{s['data_seed']}.json"
+    of the same data: ``<records root>/data-<data_name>.json``."""
+    return records.parent / f"data-{data_name(json.loads((work_dir / 'settings.json').read_text()))}.json"
 
 
 def case_file_entry(path: Path, labels: bool) -> dict:
@@ -490,12 +494,13 @@ def check_data(records: Path, work_dir: Path) -> None:
     incomplete, or whose raw data are gone while a fingerprint exists, is a DataError naming the
     first difference, before anything trains or is recorded."""
     raw = work_dir / "raw" / DATASET
+    path = data_path(records, work_dir) if (work_dir / "settings.json").is_file() else None
     if not (raw / "dataset.json").is_file():
-        if (work_dir / "settings.json").is_file() and data_path(records, work_dir).is_file():
-            raise DataError(f"{raw}: no generated data left to check against {data_path(records, work_dir)}; "
+        if path is not None and path.is_file():
+            raise DataError(f"{raw}: no generated data left to check against {path}; "
                             f"regenerate them (run without --report-only) before recording")
         return  # a work dir of records only: nothing was generated here
-    path, current = data_path(records, work_dir), data_fingerprint(raw)
+    current = data_fingerprint(raw)
     problem = incomplete_data(current)
     if problem is not None:
         raise DataError(f"{raw} is incomplete ({problem}); delete it and run again to regenerate it")
