@@ -30,7 +30,7 @@ whose work dirs are gone: the generated data are the same for the same settings 
 recorded (trainer, seed) is not trained again. That the data are the same is checked: the first run
 of a data setting stores the fingerprint of its data (``data_path``: ``data-<data settings>.json``
 beside the records folders), and a work dir with other data (another generator or nilearn version)
-is refused before it trains or is recorded (``check_data``).
+is refused before it is planned, trained or recorded (``check_data``).
 
 At the end (and with ``--report-only`` at any time, from whatever has finished) it prints the
 tables, writes them into the marked block of ``docs/benchmarks.md`` and the plots into
@@ -240,9 +240,8 @@ def check_settings(work_dir: Path, args: argparse.Namespace) -> None:
         write_text_atomic(path, json.dumps(settings, indent=2))
 
 
-def prepare(work_dir: Path, args: argparse.Namespace) -> None:
-    """Generated dataset + availability table + nnU-Net plans/preprocessing + the 3d_quality
-    configuration (not with ``--full-size-plans``)."""
+def generate(work_dir: Path, args: argparse.Namespace) -> None:
+    """The generated dataset and its availability table in ``<work_dir>/raw`` (kept when present)."""
     from nnunetv2_dmaf.anatomical_phantom import CHANNEL_NAMES, case_ids, generate_dataset
     raw = work_dir / "raw" / DATASET
     if not (raw / "dataset.json").is_file():
@@ -252,6 +251,11 @@ def prepare(work_dir: Path, args: argparse.Namespace) -> None:
     if not availability_table_path(raw).is_file():
         write_mr2468_availability(raw, case_ids(DATASET_NAME, args.num_training, 0)[0], CHANNEL_NAMES,
                                   args.data_seed)
+
+
+def plan(work_dir: Path, args: argparse.Namespace) -> None:
+    """nnU-Net plans/preprocessing of the generated dataset (kept when present) + the 3d_quality
+    configuration (not with ``--full-size-plans``)."""
     plans_file = work_dir / "preprocessed" / DATASET / f"{PLANS}.json"
     if not plans_file.is_file():
         print("nnUNetv2_plan_and_preprocess ...", flush=True)
@@ -1095,8 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     records = records_folder(args.records, settings_of(args))
     if not args.report_only:
         check_settings(work_dir, args)
-        prepare(work_dir, args)
-        check_data(records, work_dir)
+        generate(work_dir, args)
+        check_data(records, work_dir)  # before planning: other data are refused within seconds
+        plan(work_dir, args)
         comparison = [t for t in args.trainers if t in list(TRAINERS)[:3]]
         comparison.sort(key=lambda t: t != DMAF)  # per seed the slowest run, (c), starts first
         runs = [(trainer, seed) for group in (comparison, [t for t in args.trainers if t not in comparison])

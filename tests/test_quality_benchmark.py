@@ -372,22 +372,26 @@ def test_records_of_one_data_setting_refuse_a_work_dir_with_other_data(tmp_path)
     assert quality.data_difference(stored, close) is None
 
 
-def test_the_benchmark_checks_the_data_before_it_trains(tmp_path, monkeypatch):
+def test_the_benchmark_checks_the_data_before_it_plans_and_trains(tmp_path, monkeypatch):
     work_dir, records = tmp_path / "work", tmp_path / "records"
     argv = ["--work-dir", str(work_dir), "--records", str(records), "--no-docs"]
     (records / "data-train120-test10-6mm-data0.json").parent.mkdir(parents=True)
     (records / "data-train120-test10-6mm-data0.json").write_text(json.dumps(
         {"dataset": {"numTraining": 0}, "availability": None, "files": {}}))
 
-    def prepare(work_dir: Path, args) -> None:  # stands in for generating + planning: other data
+    def generate(work_dir: Path, args) -> None:  # stands in for the generator: other data
         raw = work_dir / "raw" / quality.DATASET
         raw.mkdir(parents=True)
         (raw / "dataset.json").write_text(json.dumps({"numTraining": 0}))
         write_labels(raw / "labelsTs", {"case_0": [0, 1]})
 
+    def plan(*args) -> None:
+        raise AssertionError("planned data that are not the records' data")
+
     def run_all(*args) -> None:
         raise AssertionError("trained on data that are not the records' data")
-    monkeypatch.setattr(quality, "prepare", prepare)
+    monkeypatch.setattr(quality, "generate", generate)
+    monkeypatch.setattr(quality, "plan", plan)
     monkeypatch.setattr(quality, "run_all", run_all)
     with pytest.raises(quality.DataError, match=r"\(1 case file\(s\) on one side only, e.g. labelsTs/case_0.nii.gz\)"):
         quality.main(argv)
