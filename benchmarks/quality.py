@@ -90,6 +90,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF": "(c) DMAF-Net",
     "nnUNetTrainerDMAF_noDistill": "(c) w/o distillation",
     "nnUNetTrainerDMAF_noDTM": "(c) w/o DTM",
+    "nnUNetTrainerDMAF_noGapShrinkage": "(c), DTM w/o gap shrinkage",
     "nnUNetTrainerDMAF_noUniDecoder": "(c) w/o uni-modal decoder",
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
     "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",

@@ -2,7 +2,8 @@
 from nnunetv2_dmaf.training.baselines import nnUNetTrainerChannelDropout  # noqa: F401
 from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetTrainerDMAF_meanFusion,  # noqa: F401
                                                       nnUNetTrainerDMAF_noDistill, nnUNetTrainerDMAF_noDTM,
-                                                      nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noUniDecoder,
+                                                      nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noGapShrinkage,
+                                                      nnUNetTrainerDMAF_noUniDecoder,
                                                       nnUNetTrainerDMAF_rebalanced,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025,
