@@ -7,7 +7,7 @@ T2 80 % missing, every one of the 15 subsets occurring), and ``--num-test`` comp
 
 Trainers (all with the same plans, schedule, fold 0 and availability table; see TRAINERS):
 (a) nnU-Net's U-Net on the zero-filled data, (b) (a) + uniform channel dropout within each case's
-available set, (c) DMAF-Net, and four ablations of (c). Each (trainer, seed) trains once with
+available set, (c) DMAF-Net, four ablations of (c) and the variants of (c) in VARIANTS. Each (trainer, seed) trains once with
 ``nnUNet_dmaf_seed=<seed>`` in its own nnUNet_results root, then ``nnUNetv2_dmaf_evaluate_subsets``
 scores the test cases on all 15 subsets (no TTA).
 
@@ -90,7 +90,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF": "(c) DMAF-Net",
     "nnUNetTrainerDMAF_noDistill": "(c) w/o distillation",
     "nnUNetTrainerDMAF_noDTM": "(c) w/o DTM",
-    "nnUNetTrainerDMAF_noGapShrinkage": "(c), DTM w/o gap shrinkage",
+    "nnUNetTrainerDMAF_noGapShrinkage": "(c) + DTM w/o gap shrinkage",
     "nnUNetTrainerDMAF_noUniDecoder": "(c) w/o uni-modal decoder",
     "nnUNetTrainerDMAF_meanFusion": "(c) mean fusion",
     "nnUNetTrainerDMAF_subsetSampling": "(c) + subset sampling",
@@ -102,7 +102,8 @@ BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"
 #: DMAF-Net variants that are candidates for the target too (not ablations)
 VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion",
-            "nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_rebalanced")
+            "nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_rebalanced",
+            "nnUNetTrainerDMAF_noGapShrinkage")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
 #: settings that change the data or the training; a work dir is only resumed with the same values
 #: (plus ``full_size_plans``, stored only when set, so that the records of 3d_quality keep their names)
@@ -497,7 +498,7 @@ def check_data(records: Path, work_dir: Path) -> None:
     ``data_fingerprint`` at ``data_path`` (created exclusively: of two runs at once, the second is
     compared); a work dir whose data differ (e.g. another generator or nilearn version), that is
     incomplete, or whose raw data are gone while a fingerprint exists, is a DataError naming the
-    first difference, before anything trains or is recorded."""
+    first difference, before anything is planned, trained or recorded."""
     raw = work_dir / "raw" / DATASET
     path = data_path(records, work_dir) if (work_dir / "settings.json").is_file() else None
     if not (raw / "dataset.json").is_file():

@@ -302,8 +302,9 @@ class nnUNetTrainerDMAF_noDTM(nnUNetTrainerDMAF):
 class nnUNetTrainerDMAF_noGapShrinkage(nnUNetTrainerDMAF):
     """DTM whose loss weights follow each modality's own mean distillation gap (shrinkage kappa = 0;
     only the EMA over epochs and the weight bounds guard against noise). With kappa = 50 a modality
-    with n pairs per epoch keeps n / (n + 50) of its lead: about 9 T2 pairs per epoch in the quality
-    benchmark (25 iterations x batch 2) keep 15 %, about 90 at nnU-Net's 250 iterations keep 64 %."""
+    with n gap pairs per epoch keeps about n / (n + 50) of its lead over the mean: about 9 T2 pairs per
+    epoch in the quality benchmark (25 iterations x batch 2) keep 15 %, about 90 at nnU-Net's 250
+    iterations keep 64 % (docs/training_method.md section 4)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
