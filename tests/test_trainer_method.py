@@ -182,8 +182,8 @@ def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
 
 
-def test_gap_shrinkage_ablation_lets_a_rare_lagging_modality_keep_its_weight(trainer_factory):
-    weights = {}
+def test_gap_shrinkage_variant_lets_a_rare_lagging_modality_keep_its_weight(trainer_factory):
+    weights, kwargs = {}, {}
     for name in (TRAINER, "nnUNetTrainerDMAF_noGapShrinkage"):
         trainer = trainer_factory(name)
         trainer.initialize()
@@ -191,8 +191,8 @@ def test_gap_shrinkage_ablation_lets_a_rare_lagging_modality_keep_its_weight(tra
         modality = torch.tensor([0, 1, 3] * 40 + [2] * 8)
         trainer.dtm.record(torch.where(modality == 2, 1.0, 0.5), None, modality)
         weights[name] = trainer.dtm.end_epoch()["weights"]["T2"]
-        kwargs = dict(trainer.dtm_kwargs, shrinkage=None)
-        assert kwargs == dict(trainer_factory(TRAINER).dtm_kwargs, shrinkage=None)  # only kappa differs
+        kwargs[name] = dict(trainer.dtm_kwargs, shrinkage=None)
+    assert kwargs[TRAINER] == kwargs["nnUNetTrainerDMAF_noGapShrinkage"]  # only kappa differs
     assert weights[TRAINER] < 1.2  # kappa = 50: 8 pairs keep 8 / 58 of the lead
     assert weights["nnUNetTrainerDMAF_noGapShrinkage"] == pytest.approx(1.0 / 0.625)  # own gap / mean gap
 
