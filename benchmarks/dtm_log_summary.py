@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout
@@ -92,15 +93,15 @@ def read_run(files: Sequence[Path]) -> tuple[dict, list[str], dict[int, dict[str
 
 def replay_unshrunk_weights(settings: dict, modalities: Sequence[str], gaps: np.ndarray) -> np.ndarray:
     """Loss weights [E, M] that DTM with the run's settings but kappa = 0 gives after each epoch,
-    from the per-epoch mean gaps [E, M] (nan: the modality had no pair in that epoch)."""
+    from the per-epoch mean gaps [E, M] as logged (nan: no pair of the modality yet; an epoch without
+    its pairs logs its previous gap, which the replay takes as that epoch's, a rare difference)."""
     monitor = DynamicTrainingMonitor(modalities, **dict(settings, shrinkage=0.0, modulate_gradients=False))
     weights = np.empty_like(gaps)
     for e, row in enumerate(gaps):
-        stats = np.zeros((5, len(modalities)))
-        present = ~np.isnan(row)
-        stats[0, present] = 1.0  # one pseudo-pair with the epoch's mean gap: kappa = 0 needs no counts
-        stats[1, present] = row[present]
-        monitor.update(stats)
+        present = np.flatnonzero(~np.isnan(row))
+        # one pair per modality with the epoch's mean gap: kappa = 0 needs no counts
+        monitor.record(torch.from_numpy(row[present]), None, torch.from_numpy(present))
+        monitor.end_epoch()
         weights[e] = monitor.loss_weights
     return weights
 
