@@ -98,7 +98,8 @@ def test_train_step_fuses_the_reduced_mask_and_skips_distillation_of_reduced_sam
 
 @pytest.mark.parametrize("trainer_name, probability", [
     ("nnUNetTrainerDMAF", 0.0), ("nnUNetTrainerDMAF_singleModalityFusion", 0.5),
-    ("nnUNetTrainerDMAF_singleModalityFusion_025", 0.25)])
+    ("nnUNetTrainerDMAF_singleModalityFusion_025", 0.25),
+    ("nnUNetTrainerDMAF_singleModalityFusion_025_noDTM", 0.25)])
 def test_each_variant_draws_single_modality_fusion_at_its_probability(trainer_factory, trainer_name, probability):
     trainer = trainer_factory(trainer_name)
     trainer.initialize()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -435,3 +437,11 @@ def test_readme_comparison_table_is_made_from_the_run_records(tmp_path):
         quality.write_readme(readme, "new table\n")
     with pytest.raises(quality.UsageError, match="no run record of the README's trainers"):
         quality.readme_summary(tmp_path / "elsewhere")
+
+
+def test_every_benchmark_trainer_is_found_by_nnunets_trainer_lookup():
+    code = ("import sys; from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
+            "[print('found', f(n).__name__) for n in sys.argv[1:]]")  # nnU-Net prints its search too
+    out = subprocess.run([sys.executable, "-c", code, *quality.TRAINERS], capture_output=True, text=True, check=True)
+    found = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("found ")]
+    assert found == list(quality.TRAINERS)

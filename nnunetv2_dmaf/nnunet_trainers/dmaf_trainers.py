@@ -7,6 +7,7 @@ from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetT
                                                       nnUNetTrainerDMAF_rebalanced,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025,
+                                                      nnUNetTrainerDMAF_singleModalityFusion_025_noDTM,
                                                       nnUNetTrainerDMAF_subsetSampling,
                                                       nnUNetTrainerDMAF_tiny)
 from nnunetv2_dmaf.training.nnUNetTrainerZeroFilled import (nnUNetTrainerZeroFilled,  # noqa: F401
