@@ -198,21 +198,22 @@ def test_gap_shrinkage_variant_lets_a_rare_lagging_modality_keep_its_weight(trai
 
 
 def test_single_modality_fusion_without_dtm_keeps_every_weight_and_scale_at_one(trainer_factory):
-    weights, kwargs = {}, {}
+    state, kwargs = {}, {}
+    noise = 0.01 * torch.rand(160, generator=torch.Generator().manual_seed(0))
     for name in ("nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_singleModalityFusion_025_noDTM"):
         trainer = trainer_factory(name)
         trainer.initialize()
         modality = torch.tensor([0, 1, 3] * 40 + [2] * 40)
         for signal in (1.0, 0.5):  # two epochs: T2 lags on the gap, T1 converges faster than the others
             trainer.dtm.record(torch.where(modality == 2, 1.0, 0.5),
-                               torch.where(modality == 0, signal * signal, signal) + 0.01 * torch.rand(160), modality)
+                               torch.where(modality == 0, signal * signal, signal) + noise, modality)
             summary = trainer.dtm.end_epoch()
-        weights[name] = (summary["weights"]["T2"], min(summary["scales"].values()))
+        state[name] = (summary["weights"]["T2"], min(summary["scales"].values()))
         kwargs[name] = dict(trainer.dtm_kwargs, reweight_losses=None, modulate_gradients=None)
     assert kwargs["nnUNetTrainerDMAF_singleModalityFusion_025"] == kwargs["nnUNetTrainerDMAF_singleModalityFusion_025_noDTM"]
-    assert weights["nnUNetTrainerDMAF_singleModalityFusion_025"][0] > 1.1
-    assert weights["nnUNetTrainerDMAF_singleModalityFusion_025"][1] < 1.0
-    assert weights["nnUNetTrainerDMAF_singleModalityFusion_025_noDTM"] == (1.0, 1.0)
+    assert state["nnUNetTrainerDMAF_singleModalityFusion_025"][0] > 1.1
+    assert state["nnUNetTrainerDMAF_singleModalityFusion_025"][1] < 1.0
+    assert state["nnUNetTrainerDMAF_singleModalityFusion_025_noDTM"] == (1.0, 1.0)
 
 
 class _RecordingScaler:
