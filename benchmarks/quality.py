@@ -73,6 +73,7 @@ from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (  # noqa: 
     TABLE_MODALITIES, read_split_table, table_to_channel_index)
 from nnunetv2_dmaf.atomic_files import write_text_atomic  # noqa: E402
 from nnunetv2_dmaf.availability import availability_table_path, write_availability_table  # noqa: E402
+from nnunetv2_dmaf.channel_files import channel_file_name  # noqa: E402
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main  # noqa: E402
 
 DATASET_ID = 995
@@ -432,7 +433,7 @@ def incomplete_data(fingerprint: dict) -> str | None:
     ending, channels = dataset.get("file_ending", ".nii.gz"), len(dataset.get("channel_names", {}))
     for split in ("Tr", "Ts"):
         cases = [n[len(f"labels{split}/"):-len(ending)] for n in names if n.startswith(f"labels{split}/")]
-        expected = {f"images{split}/{case}_{c:04d}{ending}" for case in cases for c in range(channels)}
+        expected = {f"images{split}/{channel_file_name(case, c, ending)}" for case in cases for c in range(channels)}
         images = {n for n in names if n.startswith(f"images{split}/")}
         if images != expected:
             odd = sorted(images ^ expected)[0]

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.dataset_conversion.case_conversion import write_dataset_json
 from nnunetv2_dmaf.dataset_conversion.convert_brats import CHANNEL_NAMES, LABELS, REGIONS_CLASS_ORDER
 from nnunetv2_dmaf.dataset_conversion.output_folders import staged_folder
@@ -237,7 +238,7 @@ def generate_dataset(raw_root: str | os.PathLike, dataset_id: int, dataset_name:
             for case_id in ids:
                 images, labels = make_case(spacing, seed, int(case_id.rsplit("_", 1)[1]))
                 for c in range(len(CHANNEL_NAMES)):
-                    _write_nifti(images[c], staging / f"images{split}" / f"{case_id}_{c:04d}.nii.gz", spacing)
+                    _write_nifti(images[c], staging / f"images{split}" / channel_file_name(case_id, c, ".nii.gz"), spacing)
                 _write_nifti(labels, staging / f"labels{split}" / f"{case_id}.nii.gz", spacing)
         write_dataset_json(staging, CHANNEL_NAMES, LABELS, num_training, REGIONS_CLASS_ORDER,
                            dataset_name=target.name,

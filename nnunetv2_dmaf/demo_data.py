@@ -30,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunetv2_dmaf.atomic_files import PARTIAL_MARKER, atomic_output, partial_outputs
+from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -136,7 +137,7 @@ def _write_dataset(folder: Path, dataset_name: str, num_training: int, num_test:
             case_id = f"{dataset_name}_{offset + i:03d}"
             images, labels = make_case(shape, rng, with_enhancing=(offset + i) % 4 != 3)
             for c in range(len(CHANNEL_NAMES)):
-                _write(images[c], folder / f"images{split}" / f"{case_id}_{c:04d}.nii.gz", spacing)
+                _write(images[c], folder / f"images{split}" / channel_file_name(case_id, c, ".nii.gz"), spacing)
             _write(labels, folder / f"labels{split}" / f"{case_id}.nii.gz", spacing)
     dataset_json = {
         "channel_names": {str(i): n for i, n in enumerate(CHANNEL_NAMES)},

@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import SimpleITK as sitk
 
+from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, format_list
 from nnunetv2_dmaf.dataset_conversion.image_files import (DEFAULT_GEOMETRY_TOLERANCE, FILE_ENDING, check_same_geometry,
                                                           copy_image, read_header, read_image)
@@ -32,7 +33,7 @@ def convert_case(case: CaseFiles, images_dir: Path, labels_dir: Path | None, lab
     for path in case.images[1:]:
         check_same_geometry(read_header(path), path, reference, case.images[0], tolerance)
     for channel, path in enumerate(case.images):
-        copy_image(path, images_dir / f"{case.case_id}_{channel:04d}{FILE_ENDING}")
+        copy_image(path, images_dir / channel_file_name(case.case_id, channel, FILE_ENDING))
     if case.label is not None and labels_dir is not None:
         convert_label_file(case.label, labels_dir / f"{case.case_id}{FILE_ENDING}", label_mapping,
                            reference, case.images[0], tolerance)
@@ -53,8 +54,9 @@ def convert_case_slices(case: CaseFiles, images_dir: Path, labels_dir: Path | No
     for channel, path in enumerate(case.images):
         image = read_image(path)
         for k in range(num_slices):
-            sitk.WriteImage(image[:, :, k:k + 1], str(images_dir / f"{slice_case_id(case.case_id, k)}_"
-                                                                     f"{channel:04d}{FILE_ENDING}"), True)
+            sitk.WriteImage(image[:, :, k:k + 1],
+                            str(images_dir / channel_file_name(slice_case_id(case.case_id, k), channel, FILE_ENDING)),
+                            True)
     if case.label is not None and labels_dir is not None:
         image = read_image(case.label)
         check_same_geometry(image, case.label, reference, case.images[0], tolerance)

@@ -39,6 +39,7 @@ from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (
     case_id_from_data_name, dataset_channels_and_cases, masks_in_channel_order, read_split_table,
     resolve_dataset_folder)
 from nnunetv2_dmaf.atomic_files import write_text_atomic
+from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
                                         write_availability_table)
 from nnunetv2_dmaf.csv_input import read_text
@@ -184,7 +185,8 @@ def splits_file(dataset_folder: Path, preprocessed_root: Path | None = None) -> 
 
 def _move_test_cases(folder: Path, cases: Sequence[str], num_channels: int, file_ending: str) -> None:
     """imagesTr/labelsTr -> imagesTs/labelsTs by rename; undone if interrupted half-way."""
-    moves = [(folder / "imagesTr" / f"{c}_{i:04d}{file_ending}", folder / "imagesTs" / f"{c}_{i:04d}{file_ending}")
+    moves = [(folder / "imagesTr" / channel_file_name(c, i, file_ending),
+              folder / "imagesTs" / channel_file_name(c, i, file_ending))
              for c in cases for i in range(num_channels)]
     moves += [(folder / "labelsTr" / f"{c}{file_ending}", folder / "labelsTs" / f"{c}{file_ending}") for c in cases]
     missing = [src for src, _ in moves if not src.is_file()]

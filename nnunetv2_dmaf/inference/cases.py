@@ -12,17 +12,16 @@ are :class:`StrayFileError` s.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Collection, Iterable, Sequence
 
 import numpy as np
 
+from nnunetv2_dmaf.channel_files import CASE_FILE_PATTERN
 from nnunetv2_dmaf.inference.file_integrity import image_file_ending, image_file_problem
 from nnunetv2_dmaf.modalities import ModalityMask
 
-CASE_FILE_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 #: absolute tolerances for comparing the geometry of a case's channel files
 SPACING_TOLERANCE = 1e-4
 GEOMETRY_TOLERANCE = 1e-3
