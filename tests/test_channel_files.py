@@ -3,7 +3,7 @@ from pathlib import Path
 
 from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
 
-from nnunetv2_dmaf.channel_files import CASE_FILE_PATTERN, channel_file_name
+from nnunetv2_dmaf.channel_files import CASE_FILE_PATTERN, cases_in_folder, channel_file_name
 
 
 def test_nnunet_finds_the_channels_of_each_case_by_our_names(tmp_path: Path):
@@ -23,3 +23,9 @@ def test_the_pattern_reads_back_case_and_channel():
     match = CASE_FILE_PATTERN.fullmatch(stem)
     assert (match["case"], int(match["channel"])) == ("case_7_slice_12", 11)
     assert CASE_FILE_PATTERN.fullmatch("case_7_slice_12") is None  # no 4-digit channel suffix
+
+
+def test_the_cases_of_a_folder_are_those_with_a_channel_0_file(tmp_path: Path):
+    for name in ("B_7_0000.nii.gz", "B_7_0001.nii.gz", "A_0000.nii.gz", "C_0001.nii.gz", "D_0000.nii", "notes.txt"):
+        (tmp_path / name).touch()
+    assert cases_in_folder(tmp_path, ".nii.gz") == ["A", "B_7"]

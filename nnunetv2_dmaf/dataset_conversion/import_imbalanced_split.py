@@ -33,6 +33,7 @@ import numpy as np
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
 from nnunetv2_dmaf.dataset_conversion.output_folders import output_root
 from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
+from nnunetv2_dmaf.channel_files import cases_in_folder
 from nnunetv2_dmaf.csv_input import read_csv_rows
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
                                                         MYOPS_TABLE_MODALITIES, table_modality_index)
@@ -147,8 +148,7 @@ def dataset_channels_and_cases(folder: Path) -> tuple[list[str], list[str]]:
     images = folder / "imagesTr"
     if not images.is_dir():
         raise ConversionError(f"no imagesTr folder in {folder}")
-    suffix = f"_0000{file_ending}"
-    return channel_names, sorted(p.name[:-len(suffix)] for p in images.iterdir() if p.name.endswith(suffix))
+    return channel_names, cases_in_folder(images, file_ending)
 
 
 def table_to_channel_index(channel_names: Sequence[str],

@@ -39,7 +39,7 @@ from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (
     case_id_from_data_name, dataset_channels_and_cases, masks_in_channel_order, read_split_table,
     resolve_dataset_folder)
 from nnunetv2_dmaf.atomic_files import write_text_atomic
-from nnunetv2_dmaf.channel_files import channel_file_name
+from nnunetv2_dmaf.channel_files import cases_in_folder, channel_file_name
 from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
                                         write_availability_table)
 from nnunetv2_dmaf.csv_input import read_text
@@ -98,9 +98,7 @@ def _moved_test_cases(folder: Path, file_ending: str) -> set[str]:
     images, labels = folder / "imagesTs", folder / "labelsTs"
     if not images.is_dir() or not labels.is_dir():
         return set()
-    suffix = f"_0000{file_ending}"
-    return {p.name[:-len(suffix)] for p in images.iterdir() if p.name.endswith(suffix)
-            and (labels / (p.name[:-len(suffix)] + file_ending)).is_file()}
+    return {c for c in cases_in_folder(images, file_ending) if (labels / f"{c}{file_ending}").is_file()}
 
 
 def plan_protocol(dataset_folder: Path, train_list: Path, test_list: Path, val_list: Path | None = None,
@@ -139,8 +137,7 @@ def plan_protocol(dataset_folder: Path, train_list: Path, test_list: Path, val_l
     if no_label:
         raise ConversionError(f"{len(no_label)} test case(s) have no label in {dataset_folder / 'labelsTr'}:"
                               f"{format_list(no_label)}")
-    clash = [dataset_folder / "imagesTs" / f"{c}_0000{file_ending}" for c in to_move
-             if (dataset_folder / "imagesTs" / f"{c}_0000{file_ending}").exists()]
+    clash = [path for c in to_move if (path := dataset_folder / "imagesTs" / channel_file_name(c, 0, file_ending)).exists()]
     if clash:
         raise ConversionError(f"{len(clash)} test case(s) are both in imagesTr and imagesTs:{format_list(clash)}")
     unlisted = sorted(set(training) - set(seen))

@@ -48,6 +48,7 @@ from tqdm import tqdm
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 from nnunetv2_dmaf.dataset_conversion.image_files import check_nifti_complete
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
+from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
 from nnunetv2_dmaf.evaluation.paper_table import SETTINGS_FILE, write_paper_table
@@ -162,7 +163,7 @@ def find_evaluation_cases(image_folder: Path, label_folder: Path, file_ending: s
     by_id = {c.case_id: c for c in cases}
     if selected:
         unknown = [s for s in selected if s not in by_id]
-        errors += [CaseInputError(s, image_folder / f"{s}_0000{file_ending}", "no such case in the image folder")
+        errors += [CaseInputError(s, image_folder / channel_file_name(s, 0, file_ending), "no such case in the image folder")
                    for s in unknown]
         cases = [by_id[s] for s in selected if s in by_id]
     paired = []
