@@ -110,6 +110,22 @@ def test_case_without_label_is_reported(demo_model, tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
+def test_unusable_checkpoint_is_a_data_error(demo_model, tmp_path):
+    """A truncated checkpoint is a problem of the data on disk, not of the command line: exit status 1,
+    one line naming the file (as nnUNetv2_dmaf_predict), nothing written."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_model.model_folder, model)
+    checkpoint = model / f"fold_{FOLD}" / "checkpoint_final.pth"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    data = demo_model.dataset_folder
+    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l",
+                            str(data / "labelsTs"), "-o", str(tmp_path / "eval"), "-m", str(model), "-f", str(FOLD),
+                            "-device", "cpu", check=False)
+    assert result.returncode == 1, result.stderr
+    assert f"checkpoint {checkpoint}" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "eval").exists()
+
+
 def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path):
     out, result = evaluation
     table = pd.read_csv(out / "paper_table_Dice_paper.csv")

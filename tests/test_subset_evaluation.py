@@ -10,7 +10,8 @@ import pytest
 
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm, surface
 from nnunetv2_dmaf.evaluation.regions import Region, regions_from_dataset_json
-from nnunetv2_dmaf.evaluation.report import MEAN_ROW, OUTPUT_FILES, markdown_table, summarize, write_report
+from nnunetv2_dmaf.evaluation.report import (MEAN_ROW, OUTPUT_FILES, markdown_table, read_per_case, summarize,
+                                             write_per_case, write_report)
 from nnunetv2_dmaf.evaluation.subset_evaluation import parse_penalty, score_case
 from nnunetv2_dmaf.user_errors import UsageError
 from nnunetv2_dmaf.modalities import (all_modality_subsets, channel_names_from_dataset_json,
@@ -232,3 +233,12 @@ def test_postprocessed_et_counts_small_predictions_as_empty():
         evaluation_regions({"labels": {"background": 0, "a": 1}}, et_postprocess_voxels=5)
     assert [r.name for r in evaluation_regions({"labels": {"background": 0, "a": 1}}, "myops")] == \
         ["LV blood pool", "RV blood pool", "myocardium", "edema+scar", "scar"]
+
+
+def test_per_case_table_keeps_numeric_looking_case_ids(tmp_path):
+    """Case '001' read back from per_case.csv is still '001' (as a number it would be 1, and --continue
+    would predict it again and list it twice)."""
+    path = tmp_path / "per_case.csv"
+    write_per_case(path, pd.DataFrame({"case": ["001", "010"], "subset": ["T1", "T1+T2"], "Dice WT": [0.5, 0.7]}))
+    table = read_per_case(path)
+    assert list(table["case"]) == ["001", "010"] and list(table["subset"]) == ["T1", "T1+T2"]

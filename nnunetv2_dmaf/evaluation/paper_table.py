@@ -19,7 +19,7 @@ import pandas as pd
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.csv_input import read_text
 from nnunetv2_dmaf.evaluation.paper_conventions import paper_subset_order
-from nnunetv2_dmaf.evaluation.report import MEAN_ROW, summarize
+from nnunetv2_dmaf.evaluation.report import MEAN_ROW, read_per_case, summarize
 from nnunetv2_dmaf.modalities import all_modality_subsets, subset_name
 from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
@@ -95,7 +95,7 @@ def read_evaluation(folder: Path) -> tuple[pd.DataFrame, list[str]]:
     if not per_case_path.is_file():
         raise DataError(f"{per_case_path}: no such file (no prediction finished yet?)")
     try:
-        per_case = pd.read_csv(per_case_path)
+        per_case = read_per_case(per_case_path)
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{per_case_path}: unreadable ({e})") from None
     missing = [c for c in ("subset", "case", "num_modalities") if c not in per_case.columns]

@@ -97,6 +97,12 @@ def write_per_case(path: str | Path, per_case: pd.DataFrame) -> None:
         per_case.to_csv(tmp, index=False, float_format="%.6g")
 
 
+def read_per_case(path: str | Path) -> pd.DataFrame:
+    """per_case.csv as written by :func:`write_per_case`; case ids and subsets stay text (case ``001``
+    must not come back as the number 1). Raises pandas' ValueError / ParserError on a broken file."""
+    return pd.read_csv(path, dtype={"case": str, "subset": str})
+
+
 def write_report(output_folder: str | Path, per_case: pd.DataFrame, summary: pd.DataFrame,
                  region_names: Sequence[str], metadata: dict) -> dict[str, Path]:
     """Writes :data:`OUTPUT_FILES` into ``output_folder`` (each atomically); returns name -> path."""

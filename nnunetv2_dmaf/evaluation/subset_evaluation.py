@@ -55,13 +55,14 @@ from nnunetv2_dmaf.evaluation.paper_table import SETTINGS_FILE, write_paper_tabl
 from nnunetv2_dmaf.evaluation.regions import (Region, dataset_label_values, find_region,
                                               ignore_label_from_dataset_json, myops_regions, postprocessed_region,
                                               regions_from_dataset_json)
-from nnunetv2_dmaf.evaluation.report import OUTPUT_FILES, metric_columns, summarize, write_per_case, write_report
+from nnunetv2_dmaf.evaluation.report import (OUTPUT_FILES, metric_columns, read_per_case, summarize, write_per_case,
+                                             write_report)
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
 from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
                                                 subset_name)
 from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
 from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
-from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
+from nnunetv2_dmaf.user_errors import DataError, UsageError, UserError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded
     from nnunetv2_dmaf.inference.predictor import DMAFPredictor
@@ -310,7 +311,7 @@ def resumed_rows(output_folder: Path, settings: dict, columns: Sequence[str]) ->
     if not per_case_path.is_file():
         return pd.DataFrame(columns=list(columns))
     try:
-        rows = pd.read_csv(per_case_path)
+        rows = read_per_case(per_case_path)
     except (ValueError, pd.errors.ParserError) as error:
         raise DataError(f"{per_case_path}: unreadable ({error}); use --overwrite to start again") from None
     if list(rows.columns) != list(columns):
@@ -344,6 +345,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         model_folder = model_folder_from_args(args)
         dataset_json = model_dataset_json(model_folder)
+    except UserError:  # a DataError (corrupt dataset.json, ...) keeps its exit status 1
+        raise
     except (ValueError, FileNotFoundError) as error:
         raise UsageError(str(error)) from None
     names = channel_names_from_dataset_json(dataset_json)
@@ -360,6 +363,8 @@ def _main(argv: list[str] | None) -> int:
     try:
         from nnunetv2_dmaf.inference.predictor import predictor_from_args
         predictor = predictor_from_args(args, allow_tqdm=False)
+    except UserError:  # a truncated checkpoint, an uninstalled trainer class: DataError, exit status 1
+        raise
     except (ValueError, FileNotFoundError, TypeError) as error:
         raise UsageError(str(error)) from None
     subsets = all_modality_subsets(len(names))
