@@ -18,7 +18,7 @@ from nnunetv2_dmaf.atomic_files import atomic_output_set, partial_outputs
 from nnunetv2_dmaf.availability import AvailabilityTableError, read_availability_table, unknown_case_rows
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileError, discover_cases, load_case
 from nnunetv2_dmaf.inference.file_integrity import image_file_problem, output_file_problem
-from nnunetv2_dmaf.inference.output_folder import check_settings_match, plan_jobs
+from nnunetv2_dmaf.inference.output_folder import ARGS_FILE, check_settings_match, plan_jobs, recorded_case_ids
 from nnunetv2_dmaf.user_errors import UsageError
 
 NAMES = ["T1", "T1ce", "T2", "FLAIR"]
@@ -120,6 +120,22 @@ def test_continue_prediction_predicts_incomplete_outputs_again(tmp_path, volume)
     assert "Cut: predicting again, the existing output Cut.nii.gz is incomplete" in notes[0]
     jobs, skipped, refused, _ = plan_jobs(cases, out, ".nii.gz", False, overwrite=False, continue_prediction=False)
     assert [e.case_id for e in refused] == ["Done", "Cut"] and [j.case.case_id for j in jobs] == ["New"]
+
+
+def test_continue_prediction_skips_only_cases_the_run_record_lists(tmp_path, volume):
+    """A complete output that the folder's run record does not list (left by a run with other settings
+    that an --overwrite run replaced only in part) is predicted again, not kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for case_id in ("Listed", "Stale"):
+        write_image(out / f"{case_id}.nii.gz", volume.astype(np.uint8))
+    record = {"settings": {}, "cases": {"Listed": {"missing": []}}}
+    cases = [CaseFiles("Listed"), CaseFiles("Stale")]
+    jobs, skipped, _, notes = plan_jobs(cases, out, ".nii.gz", False, overwrite=False, continue_prediction=True,
+                                        recorded_cases=recorded_case_ids(record))
+    assert skipped == ["Listed"] and [j.case.case_id for j in jobs] == ["Stale"]
+    assert f"Stale: predicting again, Stale.nii.gz is not listed in {ARGS_FILE}" in notes[0]
+    assert recorded_case_ids(None) is None  # no record (e.g. a folder of nnUNetv2_predict): complete files skipped
 
 
 def test_outputs_of_other_settings_are_refused(tmp_path):

@@ -209,7 +209,9 @@ def test_usage_errors(demo_model, tmp_path):
              ("-d", "999"): "-d 999: no such dataset",
              ("-step_size", "0"): "-step_size 0: must be in (0, 1]",
              ("-f", "x"): "-f x: folds are non-negative integers or 'all'",
-             ("-npp", "0"): "-npp 0: must be at least 1"}
+             ("-npp", "0"): "-npp 0: must be at least 1",
+             ("-f", "3"): f"checkpoint {demo_model.model_folder / 'fold_3' / 'checkpoint_final.pth'} does not exist "
+                          f"(check -f and -chk)"}
     for extra, message in cases.items():
         result = dmaf_predict(demo_model, tmp_path / "in", tmp_path / "out", *extra, check=False)
         assert result.returncode == 2 and result.stderr == f"nnUNetv2_dmaf_predict: error: {message}" + \
@@ -218,7 +220,7 @@ def test_usage_errors(demo_model, tmp_path):
     result = demo_model.run("nnUNetv2_dmaf_predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "a_file"),
                             *COMMON, check=False)
     assert result.returncode == 2 and result.stderr.endswith(f"-o {tmp_path / 'a_file'}: exists and is not a folder\n")
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()  # none of these errors created -o
 
 
 def test_continue_prediction_repairs_incomplete_outputs_and_keeps_settings_consistent(demo_model, tmp_path):

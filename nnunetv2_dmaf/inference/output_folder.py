@@ -4,8 +4,10 @@
   ``.CASE.partial-XXXXXXXX...`` files (see :mod:`nnunetv2_dmaf.atomic_files`); the next run into the
   folder removes them and says so.
 * Existing outputs: a case whose output files exist is refused (an error naming the file) unless
-  ``--overwrite`` (predicted again) or ``--continue_prediction`` (skipped if every file is complete,
-  predicted again if one is missing or incomplete: a cut-off file is never taken as done).
+  ``--overwrite`` (predicted again) or ``--continue_prediction`` (skipped if every file is complete
+  and the run record lists the case; predicted again if one is missing or incomplete, a cut-off file
+  is never taken as done, or if the record does not list it, e.g. a file left from a run that an
+  ``--overwrite`` run with other settings replaced only in part).
 * Run record ``dmaf_predict_args.json``: the call's arguments, the settings that determine the
   result (model folder, folds, checkpoint, step size, mirroring, declared-missing channels) and, per
   predicted case, its missing channels. A run whose settings differ from the record of a folder that
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from nnunetv2_dmaf.atomic_files import remove_partial_outputs, write_text_atomic
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError
@@ -48,11 +50,12 @@ def prepare_output_folder(folder: Path) -> list[Path]:
 
 
 def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str, save_probabilities: bool,
-              overwrite: bool, continue_prediction: bool
+              overwrite: bool, continue_prediction: bool, recorded_cases: Collection[str] | None = None
               ) -> tuple[list[CaseJob], list[str], list[CaseInputError], list[str]]:
-    """Applies the existing-output policy (module docstring).
+    """Applies the existing-output policy (module docstring). ``recorded_cases``: the cases of the
+    folder's run record (:func:`recorded_case_ids`); None when the folder has no record.
 
-    Returns (jobs, skipped case ids, refused cases as errors, notes on incomplete outputs predicted again).
+    Returns (jobs, skipped case ids, refused cases as errors, notes on outputs predicted again).
     """
     jobs, skipped, refused, notes = [], [], [], []
     endings = output_endings(file_ending, save_probabilities)
@@ -68,11 +71,15 @@ def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str,
                 continue
             problems = [(f, "missing") for f in files if not f.exists()]
             problems += [(f, p) for f in existing if (p := output_file_problem(f)) is not None]
-            if not problems:
+            if problems:
+                notes.append(f"{case.case_id}: predicting again, the existing output {problems[0][0].name} is "
+                             f"incomplete ({problems[0][1]})")
+            elif recorded_cases is not None and case.case_id not in recorded_cases:
+                notes.append(f"{case.case_id}: predicting again, {existing[0].name} is not listed in {ARGS_FILE} "
+                             f"(left by a run with other settings)")
+            else:
                 skipped.append(case.case_id)
                 continue
-            notes.append(f"{case.case_id}: predicting again, the existing output {problems[0][0].name} is "
-                         f"incomplete ({problems[0][1]})")
         jobs.append(CaseJob(case, truncated))
     return jobs, skipped, refused, notes
 
@@ -93,6 +100,14 @@ def read_run_record(output_folder: Path) -> dict | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+def recorded_case_ids(record: dict | None) -> set[str] | None:
+    """The case ids a run record lists as predicted with its settings; None without a record."""
+    if record is None:
+        return None
+    cases = record.get("cases")
+    return set(cases) if isinstance(cases, dict) else set()
 
 
 def check_settings_match(output_folder: Path, settings: dict, record: dict | None, has_outputs: bool) -> None:

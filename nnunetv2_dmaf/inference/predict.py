@@ -37,8 +37,8 @@ from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileEr
 from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_dataset_json,
                                                    model_folder_from_args)
 from nnunetv2_dmaf.inference.output_folder import (CaseJob, check_settings_match, plan_jobs, prediction_settings,
-                                                   prepare_output_folder, read_run_record, write_model_files,
-                                                   write_run_record)
+                                                   prepare_output_folder, read_run_record, recorded_case_ids,
+                                                   write_model_files, write_run_record)
 from nnunetv2_dmaf.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
@@ -244,12 +244,15 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     if not args.overwrite:
         has_outputs = output_folder.is_dir() and any(output_folder.glob(f"*{file_ending}"))
         check_settings_match(output_folder, settings, record, has_outputs)
+    from nnunetv2_dmaf.inference.predictor import checked_model_checkpoints, predictor_from_args
+    checked_model_checkpoints(args)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
     removed = prepare_output_folder(output_folder)
     if removed:
         print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "
               f"{', '.join(p.name for p in removed)}")
     jobs, report.skipped, refused, notes = plan_jobs(cases, output_folder, file_ending, args.save_probabilities,
-                                                     args.overwrite, args.continue_prediction)
+                                                     args.overwrite, args.continue_prediction,
+                                                     recorded_case_ids(record))
     for error in refused:
         report.fail(error)
     for note in notes:
@@ -258,7 +261,6 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
           f"{', '.join(f'{i:04d}={n}' for i, n in enumerate(names))}"
           + (f"; declared missing: {', '.join(names[i] for i in declared_missing)}" if declared_missing else ""))
     if jobs:
-        from nnunetv2_dmaf.inference.predictor import predictor_from_args
         predictor = predictor_from_args(args)
         write_model_files(output_folder, predictor.dataset_json, predictor.plans_manager.plans, args.overwrite)
         arguments = {**vars(args), "model_folder": str(model_folder), "channel_names": names}

@@ -150,16 +150,16 @@ def torch_device(name: str) -> torch.device:
         torch.set_num_threads(multiprocessing.cpu_count())
         return torch.device("cpu")
     if name == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("-device cuda was requested but CUDA is not available; use -device cpu")
         torch.set_num_threads(1)
         return torch.device("cuda")
     return torch.device("mps")
 
 
-def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
-    """Builds and loads the predictor for the CLI options of
-    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
+def checked_model_checkpoints(args: argparse.Namespace) -> tuple[Path, list[int | str]]:
+    """(model folder, folds) for the CLI options of
+    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`, after the checks that need no
+    model loading (options, checkpoint files present and complete, CUDA present): a command runs
+    them before it writes anything. UsageError / DataError naming the option or file."""
     check_model_arguments(args)
     folder = model_folder_from_args(args)
     folds = parse_folds(args.f)
@@ -174,6 +174,15 @@ def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None
         problem = zip_archive_problem(checkpoint)
         if problem is not None:
             raise DataError(f"checkpoint {checkpoint}: {problem} (truncated or corrupt file)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("-device cuda was requested but CUDA is not available; use -device cpu")
+    return folder, folds
+
+
+def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
+    """Builds and loads the predictor for the CLI options of
+    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
+    folder, folds = checked_model_checkpoints(args)
     predictor = DMAFPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
                               perform_everything_on_device=True, device=torch_device(args.device),
                               verbose=args.verbose, verbose_preprocessing=args.verbose,
