@@ -83,7 +83,12 @@ def test_table_drives_training_and_validation_inputs_of_every_trainer(trainer_fa
     trainer.initialize()
     with pytest.raises(SystemExit) as exit_info:
         trainer.get_dataloaders()
-    assert exit_info.value.code == 2
+    assert exit_info.value.code == 1  # an incomplete table is a data error
+    malformed = tmp_path / "malformed.csv"
+    malformed.write_text("case_id,T1,T1ce,T2,FLAIR\nsome_case,1,2,0,1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        trainer_factory(trainer_name, nnUNet_dmaf_availability_table=str(malformed))
+    assert exit_info.value.code == 1  # so is a malformed one; a bad setting (rates) exits 2 (below)
 
 
 def _loss_gradients(trainer, batch, **weights) -> dict[str, torch.Tensor]:
@@ -275,6 +280,9 @@ def test_dtm_logged_and_checkpointed_and_resume_config_checked(trainer_factory, 
     resumed = trainer_factory()  # nothing configured: the checkpoint's setup is used
     resumed.load_checkpoint(checkpoint_file)
     assert resumed.dmaf_dropout_config.rates_by_name() == {"T1": 0.2, "T1ce": 0.0, "T2": 0.0, "FLAIR": 0.6}
+    # the single-modality fusion draws by the checkpoint's presence frequencies, not uniformly
+    np.testing.assert_allclose(resumed.fusion_sampler.choice_weights, trainer.fusion_sampler.choice_weights)
+    assert resumed.fusion_sampler.choice_weights[3] > resumed.fusion_sampler.choice_weights[2]
     assert resumed.dtm.state_dict()["gap_ema"] == pytest.approx(trainer.dtm.state_dict()["gap_ema"], nan_ok=True)
     assert resumed.dtm.epochs == 1
 

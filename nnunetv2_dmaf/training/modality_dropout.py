@@ -38,7 +38,7 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
 from nnunetv2_dmaf.training.channel_presence import DATA_PRESENT_KEY
-from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
+from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, AvailabilityTableError, read_availability_table
 from nnunetv2_dmaf.modalities import channel_index_by_name, channel_names_from_dataset_json
 
 ENV_MISSING_RATES = "nnUNet_dmaf_missing_rates"
@@ -177,13 +177,14 @@ class ModalityDropoutConfig:
             and all(np.array_equal(v, other.availability[k]) for k, v in self.availability.items()))
 
     def check_cases(self, case_ids: Sequence[str]) -> None:
-        """Raises if the table lacks any of ``case_ids``."""
+        """AvailabilityTableError (a DataError) if the table lacks any of ``case_ids``."""
         if self.availability is None:
             return
         missing = sorted(set(case_ids) - set(self.availability))
         if missing:
-            raise ValueError(f"availability table {self.table_path} has no row for {len(missing)} case(s) used in "
-                             f"training/validation, e.g. {missing[:5]}; add them (case_id = nnU-Net case identifier)")
+            raise AvailabilityTableError(f"availability table {self.table_path} has no row for {len(missing)} "
+                                         f"case(s) used in training/validation, e.g. {missing[:5]}; add them "
+                                         f"(case_id = nnU-Net case identifier)")
 
     def training_transform(self, extra_rates: Sequence[float] | None = None) -> "ModalityDropoutTransform":
         """Per-iteration dropout with the configured rates (combined with ``extra_rates``, e.g. a
@@ -252,7 +253,8 @@ def load_dropout_config(dataset_json: Mapping[str, Any], dataset_name: str,
                         read_availability_table(str(table_path), list(names)).items()}
         empty = [k for k, v in availability.items() if not v.any()]
         if empty:
-            raise ValueError(f"availability table {table_path}: case(s) {empty[:5]} have no modality at all")
+            raise AvailabilityTableError(f"availability table {table_path}: case(s) {empty[:5]} have no modality "
+                                         f"at all")
     return ModalityDropoutConfig(names, rates, availability, None if table_path is None else str(table_path),
                                  rates_source=f"${ENV_MISSING_RATES}" if spec and spec.strip() else None)
 

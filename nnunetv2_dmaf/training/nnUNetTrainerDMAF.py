@@ -90,12 +90,17 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                                                    lm.has_regions, lm.has_regions and lm.ignore_label is not None)
         self.dtm = DynamicTrainingMonitor(self.dmaf_dropout_config.channel_names, device=self.device,
                                           **self.dtm_kwargs)
-        self.fusion_sampler = SingleModalityFusionSampler(presence_frequencies(self.dmaf_dropout_config),
-                                                          self.single_modality_fusion_probability)
+        self._build_fusion_sampler()
         if self.distillation_enabled and self.dmaf_network.cca_projection is None:
             raise ValueError(f"{type(self).__name__}: distillation weights {self.distillation_weights} need the "
                              f"network's distillation heads (dmaf_network_kwargs distillation_heads=False)")
         self._ensure_dmaf_log_keys()
+
+    def _build_fusion_sampler(self) -> None:
+        """The single-modality fusion draws modalities by inverse presence frequency of the modality
+        setup in use: built in ``initialize`` and again when a checkpoint's setup replaces it."""
+        self.fusion_sampler = SingleModalityFusionSampler(presence_frequencies(self.dmaf_dropout_config),
+                                                          self.single_modality_fusion_probability)
 
     def on_train_start(self):
         super().on_train_start()
@@ -262,7 +267,8 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
                 "dmaf_dtm_state": None if self.dtm is None else self.dtm.state_dict()}
 
     def restore_extra_checkpoint_entries(self, checkpoint) -> None:
-        super().restore_extra_checkpoint_entries(checkpoint)
+        super().restore_extra_checkpoint_entries(checkpoint)  # may adopt the checkpoint's modality setup
+        self._build_fusion_sampler()
         state = checkpoint.get("dmaf_dtm_state")
         if state is not None and state.get("version") == 2:
             self.dtm.load_state_dict(state)

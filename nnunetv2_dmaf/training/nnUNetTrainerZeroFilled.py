@@ -44,7 +44,7 @@ from nnunetv2_dmaf.training.channel_presence import ChannelPresenceTransform
 from nnunetv2_dmaf.training.data_loader import DMAFDataLoader
 from nnunetv2_dmaf.training.fusion_rebalancing import presence_frequencies
 from nnunetv2_dmaf.training.modality_dropout import ModalityDropoutConfig, load_dropout_config
-from nnunetv2_dmaf.user_errors import EXIT_USAGE_ERROR
+from nnunetv2_dmaf.user_errors import EXIT_USAGE_ERROR, UserError
 
 ENV_NUM_EPOCHS = "nnUNet_dmaf_num_epochs"
 ENV_ITERATIONS = "nnUNet_dmaf_iterations_per_epoch"
@@ -57,9 +57,11 @@ class TrainerConfigurationError(ValueError):
 
 
 def configuration_error_exit(error: BaseException) -> NoReturn:
-    """Ends the training command with one line (no traceback) and exit status 2."""
+    """Ends the training command with one line (no traceback): exit status 1 for a bad data file (a
+    :class:`~nnunetv2_dmaf.user_errors.DataError`, e.g. a malformed or incomplete availability table),
+    2 for a bad setting."""
     print(f"nnUNetv2_train: error: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(EXIT_USAGE_ERROR)
+    raise SystemExit(error.exit_code if isinstance(error, UserError) else EXIT_USAGE_ERROR)
 
 
 def read_schedule_overrides(environ: Mapping[str, str]) -> dict[str, int]:
