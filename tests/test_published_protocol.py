@@ -124,6 +124,22 @@ def test_brats2018_train_test_lists_five_folds_without_test_cases(tmp_path):
     assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == sorted(f"{c}.nii.gz" for c in cases[9:])
 
 
+def test_exclude_unlisted_keeps_cases_out_of_the_folds_and_says_fold_all_does_not(tmp_path, capsys):
+    cases = [f"Brats18_2013_{i}_1" for i in range(12)]
+    folder = make_raw_dataset(tmp_path, "Dataset518_BraTS2018", NNUNET_ORDER, cases)
+    (tmp_path / "train.txt").write_text("\n".join(cases[:8]) + "\n")  # cases[8] is in no list
+    (tmp_path / "test.txt").write_text("\n".join(cases[9:]) + "\n")
+    assert exit_status(protocol.main, ["-d", str(folder), "--preprocessed-root", str(tmp_path / "pre"), "--train",
+                                       str(tmp_path / "train.txt"), "--test", str(tmp_path / "test.txt"),
+                                       "--exclude-unlisted"]) == 0
+    splits = json.loads((tmp_path / "pre" / folder.name / "splits_final.json").read_text())
+    assert in_folds(splits) == set(cases[:8])
+    assert any(p.name.startswith(cases[8]) for p in (folder / "imagesTr").iterdir())  # still a training case
+    captured = capsys.readouterr()
+    assert "1 unlisted case(s) in none of folds 0-4" in captured.out
+    assert "nnUNetv2_train ... all (which ignores splits_final.json) trains on them" in captured.err
+
+
 # ------------------------------------------------------------------------------------------ MyoPS
 def write_volume(path: Path, array: np.ndarray) -> None:
     image = sitk.GetImageFromArray(array)

@@ -20,8 +20,10 @@ What it does to the raw dataset ``$nnUNet_raw/DatasetNNN_Name`` (all checks firs
    every modality for the validation cases (the table must list exactly the training cases).
 
 Names in no list that are training cases of the dataset are an error (``--exclude-unlisted``: kept in
-imagesTr, in no fold). Unknown names, a case in two lists, a missing label are errors naming them. A
-second run with the same lists is a no-op check (already moved test cases are recognised).
+imagesTr, in none of the folds 0-4 of splits_final.json; nnU-Net's fold ``all`` ignores the splits
+and trains on them, the command says so). Unknown names, a case in two lists, a missing label are
+errors naming them. A second run with the same lists is a no-op check (already moved test cases are
+recognised).
 """
 from __future__ import annotations
 
@@ -143,7 +145,7 @@ def plan_protocol(dataset_folder: Path, train_list: Path, test_list: Path, val_l
     unlisted = sorted(set(training) - set(seen))
     if unlisted and not exclude_unlisted:
         raise ConversionError(f"{len(unlisted)} training case(s) of {dataset_folder} are in no list (pass "
-                              f"--exclude-unlisted to keep them out of every fold):{format_list(unlisted)}")
+                              f"--exclude-unlisted to keep them out of folds 0-4):{format_list(unlisted)}")
     if val:
         splits = [{"train": sorted(train), "val": sorted(val)}]
     else:
@@ -266,7 +268,8 @@ def _main(argv: Sequence[str] | None) -> None:
                         help="published split table (data_name, mask) for the training cases -> "
                              "modality_availability.csv")
     parser.add_argument("--exclude-unlisted", action="store_true",
-                        help="leave training cases that are in no list in imagesTr, outside every fold")
+                        help="leave training cases that are in no list in imagesTr, outside folds 0-4 "
+                             "(nnU-Net's fold 'all' still trains on them)")
     parser.add_argument("--raw-root", type=Path, default=None, help="nnU-Net raw folder (default: $nnUNet_raw)")
     parser.add_argument("--preprocessed-root", type=Path, default=None,
                         help="nnU-Net preprocessed folder for splits_final.json (default: $nnUNet_preprocessed)")
@@ -278,9 +281,12 @@ def _main(argv: Sequence[str] | None) -> None:
     written = apply_protocol(protocol, splits_file(folder, args.preprocessed_root), args.overwrite)
     print(f"{folder.name}: {len(protocol.train)} training, {len(protocol.val)} validation, {len(protocol.test)} test "
           f"case(s); moved {len(protocol.to_move)} test case(s) to imagesTs/labelsTs"
-          + (f"; {len(protocol.excluded)} unlisted case(s) in no fold" if protocol.excluded else ""))
+          + (f"; {len(protocol.excluded)} unlisted case(s) in none of folds 0-4" if protocol.excluded else ""))
     for path in written:
         print(f"wrote {path}")
+    if protocol.excluded:
+        print(f"note: the {len(protocol.excluded)} unlisted case(s) stay in imagesTr: folds 0-4 leave them out, "
+              f"but nnUNetv2_train ... all (which ignores splits_final.json) trains on them", file=sys.stderr)
     if not protocol.val:
         print("note: no val list: splits_final.json holds nnU-Net's 5-fold split of the training cases",
               file=sys.stderr)
