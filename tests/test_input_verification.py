@@ -18,7 +18,8 @@ from nnunetv2_dmaf.atomic_files import atomic_output_set, partial_outputs
 from nnunetv2_dmaf.availability import AvailabilityTableError, read_availability_table, unknown_case_rows
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileError, discover_cases, load_case
 from nnunetv2_dmaf.inference.file_integrity import image_file_problem, output_file_problem
-from nnunetv2_dmaf.inference.output_folder import ARGS_FILE, check_settings_match, plan_jobs, recorded_case_ids
+from nnunetv2_dmaf.inference.output_folder import (ARGS_FILE, check_settings_match, plan_jobs, read_run_record,
+                                                   stale_case_ids, write_run_record)
 from nnunetv2_dmaf.user_errors import UsageError
 
 NAMES = ["T1", "T1ce", "T2", "FLAIR"]
@@ -122,20 +123,28 @@ def test_continue_prediction_predicts_incomplete_outputs_again(tmp_path, volume)
     assert [e.case_id for e in refused] == ["Done", "Cut"] and [j.case.case_id for j in jobs] == ["New"]
 
 
-def test_continue_prediction_skips_only_cases_the_run_record_lists(tmp_path, volume):
-    """A complete output that the folder's run record does not list (left by a run with other settings
-    that an --overwrite run replaced only in part) is predicted again, not kept."""
+def test_overwrite_with_other_settings_marks_the_cases_it_left_stale_and_continue_predicts_them(tmp_path, volume):
+    """Run 1 (settings A) predicts X and Y; run 2 (--overwrite, settings B) only X: Y's file is A's,
+    so the record lists it as stale and --continue_prediction with B predicts it again. Files the
+    record knows nothing about (e.g. from plain nnUNetv2_predict) are skipped as by nnU-Net."""
     out = tmp_path / "out"
     out.mkdir()
-    for case_id in ("Listed", "Stale"):
+    for case_id in ("X", "Y", "Foreign"):
         write_image(out / f"{case_id}.nii.gz", volume.astype(np.uint8))
-    record = {"settings": {}, "cases": {"Listed": {"missing": []}}}
-    cases = [CaseFiles("Listed"), CaseFiles("Stale")]
+    a, b = {"f": ["0"]}, {"f": ["1"]}
+    write_run_record(out, {}, a, {"X": [], "Y": ["T2"]}, None)
+    write_run_record(out, {}, b, {"X": []}, read_run_record(out))
+    record = read_run_record(out)
+    assert record["settings"] == b and list(record["cases"]) == ["X"] and record["stale"] == ["Y"]
+    cases = [CaseFiles("X"), CaseFiles("Y"), CaseFiles("Foreign")]
     jobs, skipped, _, notes = plan_jobs(cases, out, ".nii.gz", False, overwrite=False, continue_prediction=True,
-                                        recorded_cases=recorded_case_ids(record))
-    assert skipped == ["Listed"] and [j.case.case_id for j in jobs] == ["Stale"]
-    assert f"Stale: predicting again, Stale.nii.gz is not listed in {ARGS_FILE}" in notes[0]
-    assert recorded_case_ids(None) is None  # no record (e.g. a folder of nnUNetv2_predict): complete files skipped
+                                        stale_cases=stale_case_ids(record))
+    assert skipped == ["X", "Foreign"] and [j.case.case_id for j in jobs] == ["Y"]
+    assert f"Y: predicting again, Y.nii.gz was made with other settings (stale in {ARGS_FILE})" in notes[0]
+    write_run_record(out, {}, b, {"Y": []}, record)  # predicted again: no longer stale
+    assert "stale" not in read_run_record(out) and list(read_run_record(out)["cases"]) == ["X", "Y"]
+    write_run_record(out, {}, b, {}, read_run_record(out))  # same settings, --overwrite or not: cases kept
+    assert list(read_run_record(out)["cases"]) == ["X", "Y"]
 
 
 def test_outputs_of_other_settings_are_refused(tmp_path):

@@ -4,14 +4,16 @@
   ``.CASE.partial-XXXXXXXX...`` files (see :mod:`nnunetv2_dmaf.atomic_files`); the next run into the
   folder removes them and says so.
 * Existing outputs: a case whose output files exist is refused (an error naming the file) unless
-  ``--overwrite`` (predicted again) or ``--continue_prediction`` (skipped if every file is complete
-  and the run record lists the case; predicted again if one is missing or incomplete, a cut-off file
-  is never taken as done, or if the record does not list it, e.g. a file left from a run that an
-  ``--overwrite`` run with other settings replaced only in part).
+  ``--overwrite`` (predicted again) or ``--continue_prediction`` (skipped if every file is complete;
+  predicted again if one is missing or incomplete, a cut-off file is never taken as done, or if the
+  run record lists the case as stale, see below).
 * Run record ``dmaf_predict_args.json``: the call's arguments, the settings that determine the
   result (model folder, folds, checkpoint, step size, mirroring, declared-missing channels) and, per
   predicted case, its missing channels. A run whose settings differ from the record of a folder that
-  already holds outputs is refused unless ``--overwrite``, so the record always describes the files.
+  already holds outputs is refused unless ``--overwrite``, so the record always describes the files:
+  an ``--overwrite`` run with other settings that does not predict every case of the old record
+  lists the others under ``stale`` (made with the old settings), and ``--continue_prediction``
+  predicts those again.
 """
 from __future__ import annotations
 
@@ -50,10 +52,10 @@ def prepare_output_folder(folder: Path) -> list[Path]:
 
 
 def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str, save_probabilities: bool,
-              overwrite: bool, continue_prediction: bool, recorded_cases: Collection[str] | None = None
+              overwrite: bool, continue_prediction: bool, stale_cases: Collection[str] = ()
               ) -> tuple[list[CaseJob], list[str], list[CaseInputError], list[str]]:
-    """Applies the existing-output policy (module docstring). ``recorded_cases``: the cases of the
-    folder's run record (:func:`recorded_case_ids`); None when the folder has no record.
+    """Applies the existing-output policy (module docstring). ``stale_cases``: the cases the folder's
+    run record lists as made with other settings (:func:`stale_case_ids`).
 
     Returns (jobs, skipped case ids, refused cases as errors, notes on outputs predicted again).
     """
@@ -74,9 +76,9 @@ def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str,
             if problems:
                 notes.append(f"{case.case_id}: predicting again, the existing output {problems[0][0].name} is "
                              f"incomplete ({problems[0][1]})")
-            elif recorded_cases is not None and case.case_id not in recorded_cases:
-                notes.append(f"{case.case_id}: predicting again, {existing[0].name} is not listed in {ARGS_FILE} "
-                             f"(left by a run with other settings)")
+            elif case.case_id in stale_cases:
+                notes.append(f"{case.case_id}: predicting again, {existing[0].name} was made with other settings "
+                             f"(stale in {ARGS_FILE})")
             else:
                 skipped.append(case.case_id)
                 continue
@@ -102,12 +104,10 @@ def read_run_record(output_folder: Path) -> dict | None:
     return record if isinstance(record, dict) else {}
 
 
-def recorded_case_ids(record: dict | None) -> set[str] | None:
-    """The case ids a run record lists as predicted with its settings; None without a record."""
-    if record is None:
-        return None
-    cases = record.get("cases")
-    return set(cases) if isinstance(cases, dict) else set()
+def stale_case_ids(record: dict | None) -> set[str]:
+    """The case ids a run record lists as made with settings other than its own (module docstring)."""
+    stale = (record or {}).get("stale")
+    return {str(c) for c in stale} if isinstance(stale, list) else set()
 
 
 def check_settings_match(output_folder: Path, settings: dict, record: dict | None, has_outputs: bool) -> None:
@@ -129,12 +129,19 @@ def check_settings_match(output_folder: Path, settings: dict, record: dict | Non
 
 def write_run_record(output_folder: Path, arguments: dict, settings: dict, predicted: Mapping[str, list[str]],
                      previous: dict | None) -> None:
-    """Writes the run record (atomically); cases of a previous record with the same settings are kept."""
-    cases = {}
-    if previous and previous.get("settings") == settings and isinstance(previous.get("cases"), dict):
-        cases.update(previous["cases"])
+    """Writes the run record (atomically). Cases of a previous record with the same settings are kept;
+    with other settings (an ``--overwrite`` run) its cases that this run did not predict become stale."""
+    cases, stale = {}, stale_case_ids(previous)
+    if previous and isinstance(previous.get("cases"), dict):
+        if previous.get("settings") == settings:
+            cases.update(previous["cases"])
+        else:
+            stale |= set(previous["cases"])
     cases.update({case_id: {"missing": missing} for case_id, missing in predicted.items()})
+    stale -= set(predicted)
     record = {"settings": settings, "arguments": arguments, "cases": dict(sorted(cases.items()))}
+    if stale:
+        record["stale"] = sorted(stale)
     write_text_atomic(output_folder / ARGS_FILE, json.dumps(record, indent=4, default=str))
 
 

@@ -37,7 +37,7 @@ from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileEr
 from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_dataset_json,
                                                    model_folder_from_args)
 from nnunetv2_dmaf.inference.output_folder import (CaseJob, check_settings_match, plan_jobs, prediction_settings,
-                                                   prepare_output_folder, read_run_record, recorded_case_ids,
+                                                   prepare_output_folder, read_run_record, stale_case_ids,
                                                    write_model_files, write_run_record)
 from nnunetv2_dmaf.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
@@ -252,7 +252,7 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(p.name for p in removed)}")
     jobs, report.skipped, refused, notes = plan_jobs(cases, output_folder, file_ending, args.save_probabilities,
                                                      args.overwrite, args.continue_prediction,
-                                                     recorded_case_ids(record))
+                                                     stale_case_ids(record))
     for error in refused:
         report.fail(error)
     for note in notes:
@@ -269,7 +269,7 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
         finally:  # also after Ctrl-C: the record lists exactly the cases whose files were written
             write_run_record(output_folder, arguments, settings,
                              {c: [n for n, p in zip(names, m) if not p] for c, m in report.predicted.items()},
-                             None if args.overwrite else record)
+                             record)
     print_summary(report, names)
     return 1 if report.failed or report.stray else 0
 
