@@ -244,8 +244,8 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     if not args.overwrite:
         has_outputs = output_folder.is_dir() and any(output_folder.glob(f"*{file_ending}"))
         check_settings_match(output_folder, settings, record, has_outputs)
-    from nnunetv2_dmaf.inference.predictor import checked_model_checkpoints, predictor_from_args
-    checked_model_checkpoints(args)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
+    from nnunetv2_dmaf.inference.predictor import checked_model_checkpoints, load_predictor
+    _, folds = checked_model_checkpoints(args)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
     removed = prepare_output_folder(output_folder)
     if removed:
         print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "
@@ -261,7 +261,7 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
           f"{', '.join(f'{i:04d}={n}' for i, n in enumerate(names))}"
           + (f"; declared missing: {', '.join(names[i] for i in declared_missing)}" if declared_missing else ""))
     if jobs:
-        predictor = predictor_from_args(args)
+        predictor = load_predictor(args, model_folder, folds)
         write_model_files(output_folder, predictor.dataset_json, predictor.plans_manager.plans, args.overwrite)
         arguments = {**vars(args), "model_folder": str(model_folder), "channel_names": names}
         try:

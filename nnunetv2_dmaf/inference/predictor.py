@@ -182,7 +182,13 @@ def checked_model_checkpoints(args: argparse.Namespace) -> tuple[Path, list[int 
 def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
     """Builds and loads the predictor for the CLI options of
     :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
-    folder, folds = checked_model_checkpoints(args)
+    return load_predictor(args, *checked_model_checkpoints(args), allow_tqdm=allow_tqdm)
+
+
+def load_predictor(args: argparse.Namespace, folder: Path, folds: list[int | str],
+                   allow_tqdm: bool | None = None) -> DMAFPredictor:
+    """The predictor of ``folder``'s ``folds`` as :func:`checked_model_checkpoints` returned them,
+    with the inference options of ``args``."""
     predictor = DMAFPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
                               perform_everything_on_device=True, device=torch_device(args.device),
                               verbose=args.verbose, verbose_preprocessing=args.verbose,
