@@ -50,8 +50,8 @@ def unimodal_predictor(*args, **kwargs):
     return predictor
 
 
-build_predictor = predictor_module.predictor_from_args
+build_predictor = predictor_module.load_predictor
 
 if __name__ == "__main__":
-    predictor_module.predictor_from_args = unimodal_predictor  # read by subset_evaluation at call time
+    predictor_module.load_predictor = unimodal_predictor  # read by subset_evaluation at call time
     subset_evaluation.main(sys.argv[1:])

@@ -126,6 +126,30 @@ def test_unusable_checkpoint_is_a_data_error(demo_model, tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
+def test_model_option_and_model_file_errors_are_one_line_and_write_nothing(demo_model, tmp_path):
+    """Bad model options exit 2, a model folder whose dataset.json has unusable channel names exits 1
+    (it is data on disk, as in nnUNetv2_dmaf_predict), each with one line and no -o created."""
+    data = demo_model.dataset_folder
+    model = tmp_path / "model"
+    shutil.copytree(demo_model.model_folder, model)
+    common = ["-i", str(data / "imagesTs"), "-l", str(data / "labelsTs"), "-o", str(tmp_path / "eval"), "-device",
+              "cpu"]
+    checkpoint = model / "fold_3" / "checkpoint_final.pth"
+    cases = {("-m", str(model), "-f", "3"): (2, f"checkpoint {checkpoint} does not exist (check -f and -chk)"),
+             ("-m", str(model), "-f", str(FOLD), "-step_size", "0"): (2, "-step_size 0: must be in (0, 1]")}
+    for extra, (status, message) in cases.items():
+        result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", *common, *extra, check=False)
+        assert result.returncode == status and message in result.stderr, (extra, result.stderr)
+        assert result.stderr.count("\n") == 1, result.stderr
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    dataset_json["channel_names"] = {"first": "T1", "second": "T1ce"}
+    (model / "dataset.json").write_text(json.dumps(dataset_json))
+    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", *common, "-m", str(model), "-f", str(FOLD), check=False)
+    assert result.returncode == 1 and f"{model / 'dataset.json'}: channel_names:" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "eval").exists()
+
+
 def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path):
     out, result = evaluation
     table = pd.read_csv(out / "paper_table_Dice_paper.csv")

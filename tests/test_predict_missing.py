@@ -223,6 +223,20 @@ def test_usage_errors(demo_model, tmp_path):
     assert not (tmp_path / "out").exists()  # none of these errors created -o
 
 
+def test_unusable_channel_names_of_the_model_are_a_data_error(demo_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(demo_model.model_folder, model)
+    dataset_json = json.loads((model / "dataset.json").read_text())
+    dataset_json["channel_names"] = {}
+    (model / "dataset.json").write_text(json.dumps(dataset_json))
+    copy_case(images_ts(demo_model), FULL, tmp_path / "in")
+    result = demo_model.run("nnUNetv2_dmaf_predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
+                            str(model), "-f", str(FOLD), "-device", "cpu", check=False)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert f"{model / 'dataset.json'}: channel_names: dataset.json has no 'channel_names' entry" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_continue_prediction_repairs_incomplete_outputs_and_keeps_settings_consistent(demo_model, tmp_path):
     source, folder, out = images_ts(demo_model), tmp_path / "in", tmp_path / "out"
     copy_case(source, FULL, folder)

@@ -58,11 +58,11 @@ from nnunetv2_dmaf.evaluation.regions import (Region, dataset_label_values, find
 from nnunetv2_dmaf.evaluation.report import (OUTPUT_FILES, metric_columns, read_per_case, summarize, write_per_case,
                                              write_report)
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
-from nnunetv2_dmaf.modalities import (ModalityMask, all_modality_subsets, channel_names_from_dataset_json,
-                                                subset_name)
-from nnunetv2_dmaf.inference.model_options import add_model_arguments, model_dataset_json, model_folder_from_args
+from nnunetv2_dmaf.modalities import ModalityMask, all_modality_subsets, subset_name
+from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_channel_names,
+                                                   model_dataset_json, model_folder_from_args)
 from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
-from nnunetv2_dmaf.user_errors import DataError, UsageError, UserError, run_main
+from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded
     from nnunetv2_dmaf.inference.predictor import DMAFPredictor
@@ -342,14 +342,10 @@ def _main(argv: list[str] | None) -> int:
     if existing and not (args.overwrite or args.continue_run):
         raise UsageError(f"{existing[0]} already exists; pass --continue to resume that run or --overwrite to "
                          f"replace the evaluation outputs")
-    try:
-        model_folder = model_folder_from_args(args)
-        dataset_json = model_dataset_json(model_folder)
-    except UserError:  # a DataError (corrupt dataset.json, ...) keeps its exit status 1
-        raise
-    except (ValueError, FileNotFoundError) as error:
-        raise UsageError(str(error)) from None
-    names = channel_names_from_dataset_json(dataset_json)
+    check_model_arguments(args)
+    model_folder = model_folder_from_args(args)
+    dataset_json = model_dataset_json(model_folder)
+    names = model_channel_names(model_folder, dataset_json)
     regions = evaluation_regions(dataset_json, args.regions, args.et_postprocess_voxels, args.et_region)
     region_names = [r.name for r in regions]
     settings = run_settings(args, model_folder, names, regions)
@@ -360,13 +356,8 @@ def _main(argv: list[str] | None) -> int:
         print(f"ERROR {error}", file=sys.stderr)
     if not cases:
         raise DataError("no case to evaluate")
-    try:
-        from nnunetv2_dmaf.inference.predictor import predictor_from_args
-        predictor = predictor_from_args(args, allow_tqdm=False)
-    except UserError:  # a truncated checkpoint, an uninstalled trainer class: DataError, exit status 1
-        raise
-    except (ValueError, FileNotFoundError, TypeError) as error:
-        raise UsageError(str(error)) from None
+    from nnunetv2_dmaf.inference.predictor import checked_folds, load_predictor
+    predictor = load_predictor(args, model_folder, checked_folds(args, model_folder), allow_tqdm=False)
     subsets = all_modality_subsets(len(names))
     output_folder.mkdir(exist_ok=True)
     if not args.continue_run:  # rows of another run must not be resumed with these settings

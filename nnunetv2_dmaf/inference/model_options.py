@@ -12,6 +12,7 @@ import json
 import os
 from pathlib import Path
 
+from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 from nnunetv2_dmaf.user_errors import DataError, UsageError
 
 DEFAULT_TRAINER = "nnUNetTrainerDMAF"
@@ -107,3 +108,12 @@ def read_json_object(path: Path, required_keys: tuple[str, ...] = ()) -> dict:
 def model_dataset_json(folder: Path) -> dict:
     """The dataset.json stored with the trained model (channel names, labels, file ending)."""
     return read_json_object(folder / "dataset.json", ("channel_names", "labels", "file_ending"))
+
+
+def model_channel_names(folder: Path, dataset_json: dict) -> list[str]:
+    """Channel names in network order of the model ``folder`` whose :func:`model_dataset_json` is
+    ``dataset_json``; DataError naming its dataset.json if they are unusable (empty, keys not indices)."""
+    try:
+        return channel_names_from_dataset_json(dataset_json)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise DataError(f"{folder / 'dataset.json'}: channel_names: {error}") from None

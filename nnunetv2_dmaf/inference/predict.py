@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileError, discover_cases, load_case
-from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_dataset_json,
-                                                   model_folder_from_args)
+from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_channel_names,
+                                                   model_dataset_json, model_folder_from_args)
 from nnunetv2_dmaf.inference.output_folder import (CaseJob, check_settings_match, plan_jobs, prediction_settings,
                                                    prepare_output_folder, read_run_record, stale_case_ids,
                                                    write_model_files, write_run_record)
-from nnunetv2_dmaf.modalities import ModalityMask, channel_names_from_dataset_json, parse_channels
+from nnunetv2_dmaf.modalities import ModalityMask, parse_channels
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when a model is loaded (fast usage errors)
@@ -220,10 +220,7 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     check_model_arguments(args)
     model_folder = model_folder_from_args(args)
     dataset_json = model_dataset_json(model_folder)
-    try:
-        names = channel_names_from_dataset_json(dataset_json)
-    except ValueError as error:
-        raise DataError(f"{model_folder / 'dataset.json'}: {error}") from None
+    names = model_channel_names(model_folder, dataset_json)
     try:
         declared_missing = parse_channels(args.missing, names)
     except ValueError as error:
@@ -244,8 +241,8 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     if not args.overwrite:
         has_outputs = output_folder.is_dir() and any(output_folder.glob(f"*{file_ending}"))
         check_settings_match(output_folder, settings, record, has_outputs)
-    from nnunetv2_dmaf.inference.predictor import checked_model_checkpoints, load_predictor
-    _, folds = checked_model_checkpoints(args)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
+    from nnunetv2_dmaf.inference.predictor import checked_folds, load_predictor
+    folds = checked_folds(args, model_folder)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
     removed = prepare_output_folder(output_folder)
     if removed:
         print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "

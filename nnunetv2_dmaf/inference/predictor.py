@@ -32,8 +32,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunetv2_dmaf.inference.cases import dimensionality_problem
 from nnunetv2_dmaf.inference.file_integrity import zip_archive_problem
-from nnunetv2_dmaf.inference.model_options import (check_model_arguments, model_folder_from_args, parse_folds,
-                                                   read_json_object)
+from nnunetv2_dmaf.inference.model_options import parse_folds, read_json_object
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 from nnunetv2_dmaf.user_errors import DataError, UsageError
 
@@ -155,13 +154,12 @@ def torch_device(name: str) -> torch.device:
     return torch.device("mps")
 
 
-def checked_model_checkpoints(args: argparse.Namespace) -> tuple[Path, list[int | str]]:
-    """(model folder, folds) for the CLI options of
-    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`, after the checks that need no
-    model loading (options, checkpoint files present and complete, CUDA present): a command runs
-    them before it writes anything. UsageError / DataError naming the option or file."""
-    check_model_arguments(args)
-    folder = model_folder_from_args(args)
+def checked_folds(args: argparse.Namespace, folder: Path) -> list[int | str]:
+    """The folds of the model ``folder`` (as :func:`~nnunetv2_dmaf.inference.model_options.model_folder_from_args`
+    resolved it) that the CLI options of :func:`~nnunetv2_dmaf.inference.model_options.add_model_arguments`
+    select, after the checks that need no model loading (checkpoint files present and complete, CUDA
+    present): a command runs them before it writes anything. UsageError / DataError naming the option
+    or file."""
     folds = parse_folds(args.f)
     if folds is None:
         folds = nnUNetPredictor.auto_detect_available_folds(str(folder), args.chk)
@@ -176,18 +174,12 @@ def checked_model_checkpoints(args: argparse.Namespace) -> tuple[Path, list[int 
             raise DataError(f"checkpoint {checkpoint}: {problem} (truncated or corrupt file)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("-device cuda was requested but CUDA is not available; use -device cpu")
-    return folder, folds
-
-
-def predictor_from_args(args: argparse.Namespace, allow_tqdm: bool | None = None) -> DMAFPredictor:
-    """Builds and loads the predictor for the CLI options of
-    :func:`nnunetv2_dmaf.inference.model_options.add_model_arguments`."""
-    return load_predictor(args, *checked_model_checkpoints(args), allow_tqdm=allow_tqdm)
+    return folds
 
 
 def load_predictor(args: argparse.Namespace, folder: Path, folds: list[int | str],
                    allow_tqdm: bool | None = None) -> DMAFPredictor:
-    """The predictor of ``folder``'s ``folds`` as :func:`checked_model_checkpoints` returned them,
+    """The predictor of ``folder``'s ``folds`` as :func:`checked_folds` returned them,
     with the inference options of ``args``."""
     predictor = DMAFPredictor(tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
                               perform_everything_on_device=True, device=torch_device(args.device),
