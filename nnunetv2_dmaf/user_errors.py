@@ -40,6 +40,13 @@ class DataError(UserError):
     exit_code = EXIT_DATA_ERROR
 
 
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """``error``'s message on one line (whitespace runs collapsed), cut after ``limit`` characters;
+    the exception's type name if it has no message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered like Ctrl-C so that cleanup code runs."""
 

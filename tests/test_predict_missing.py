@@ -233,7 +233,7 @@ def test_unusable_channel_names_of_the_model_are_a_data_error(demo_model, tmp_pa
     result = demo_model.run("nnUNetv2_dmaf_predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m",
                             str(model), "-f", str(FOLD), "-device", "cpu", check=False)
     assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
-    assert f"{model / 'dataset.json'}: channel_names: dataset.json has no 'channel_names' entry" in result.stderr
+    assert f"{model / 'dataset.json'}: channel_names: expected a non-empty object" in result.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -406,6 +406,10 @@ class DMAFNet(nn.Module):
         return np.int64(total)
 
 
+class UnsupportedPlansError(ValueError):
+    """The plans describe a network that DMAFNet cannot be built from (class, importable entries)."""
+
+
 def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
                               input_channels: int, output_channels: int, deep_supervision: bool = True,
                               **dmaf_kwargs: Any) -> DMAFNet:
@@ -425,7 +429,7 @@ def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwar
         if kwargs.get(key) is not None and isinstance(kwargs[key], str):
             located = pydoc.locate(kwargs[key])
             if located is None:
-                raise ImportError(f"plans entry {key}={kwargs[key]!r} could not be imported")
+                raise UnsupportedPlansError(f"plans entry {key}={kwargs[key]!r} could not be imported")
             kwargs[key] = located
     short_name = arch_class_name.split(".")[-1]
     if short_name == "PlainConvUNet":
@@ -433,7 +437,7 @@ def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwar
     elif short_name == "ResidualEncoderUNet":
         encoder_type = "residual"
     else:
-        raise ValueError(f"nnUNetTrainerDMAF supports plans with PlainConvUNet or ResidualEncoderUNet, "
+        raise UnsupportedPlansError(f"nnUNetTrainerDMAF supports plans with PlainConvUNet or ResidualEncoderUNet, "
                          f"got network class {arch_class_name!r}")
     kwargs.update(dmaf_kwargs)
     return DMAFNet(input_channels, output_channels, deep_supervision=deep_supervision,

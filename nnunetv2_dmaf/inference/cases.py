@@ -21,6 +21,7 @@ import numpy as np
 from nnunetv2_dmaf.channel_files import CASE_FILE_PATTERN
 from nnunetv2_dmaf.inference.file_integrity import image_file_ending, image_file_problem
 from nnunetv2_dmaf.modalities import ModalityMask
+from nnunetv2_dmaf.user_errors import one_line
 
 #: absolute tolerances for comparing the geometry of a case's channel files
 SPACING_TOLERANCE = 1e-4
@@ -104,11 +105,6 @@ def discover_cases(folder: str | Path, file_ending: str) -> tuple[list[CaseFiles
     return [cases[k] for k in sorted(cases) if k not in failed], errors
 
 
-def _first_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return (text[:300] + "...") if len(text) > 300 else (text or type(error).__name__)
-
-
 def _geometry_mismatch(reference: dict, properties: dict) -> str | None:
     """Names the first geometry entry (spacing, origin, direction, affine...) that differs."""
     if not np.allclose(np.asarray(reference["spacing"], float), np.asarray(properties["spacing"], float),
@@ -181,7 +177,7 @@ def load_case(case: CaseFiles, channel_names: Sequence[str], reader_writer,
         try:
             image, properties = reader_writer.read_images([str(path)])
         except Exception as error:  # any reader failure means "not an image we can use"
-            raise CaseInputError(case.case_id, path, f"could not be read as an image ({_first_line(error)})") from error
+            raise CaseInputError(case.case_id, path, f"could not be read as an image ({one_line(error)})") from error
         if image.shape[0] != 1:
             raise CaseInputError(case.case_id, path, f"holds {image.shape[0]} channels; nnU-Net expects one "
                                                      f"channel per file (CASE_XXXX naming)")

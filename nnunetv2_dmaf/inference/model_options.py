@@ -112,8 +112,13 @@ def model_dataset_json(folder: Path) -> dict:
 
 def model_channel_names(folder: Path, dataset_json: dict) -> list[str]:
     """Channel names in network order of the model ``folder`` whose :func:`model_dataset_json` is
-    ``dataset_json``; DataError naming its dataset.json if they are unusable (empty, keys not indices)."""
-    try:
-        return channel_names_from_dataset_json(dataset_json)
-    except (ValueError, TypeError, AttributeError) as error:
-        raise DataError(f"{folder / 'dataset.json'}: channel_names: {error}") from None
+    ``dataset_json``; DataError naming its dataset.json unless ``channel_names`` maps the channel
+    indices "0".."M-1" to names (as nnU-Net writes it)."""
+    names = dataset_json["channel_names"]
+    where = f"{folder / 'dataset.json'}: channel_names"
+    if not isinstance(names, dict) or not names:
+        raise DataError(f'{where}: expected a non-empty object {{"0": NAME, ...}}, got {json.dumps(names)[:80]}')
+    indices = [str(i) for i in range(len(names))]
+    if set(names) != set(indices):
+        raise DataError(f"{where}: keys must be the channel indices {indices}, got {list(names)}")
+    return channel_names_from_dataset_json(dataset_json)

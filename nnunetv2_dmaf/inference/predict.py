@@ -243,10 +243,6 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
         check_settings_match(output_folder, settings, record, has_outputs)
     from nnunetv2_dmaf.inference.predictor import checked_folds, load_predictor
     folds = checked_folds(args, model_folder)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
-    removed = prepare_output_folder(output_folder)
-    if removed:
-        print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "
-              f"{', '.join(p.name for p in removed)}")
     jobs, report.skipped, refused, notes = plan_jobs(cases, output_folder, file_ending, args.save_probabilities,
                                                      args.overwrite, args.continue_prediction,
                                                      stale_case_ids(record))
@@ -257,8 +253,12 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     print(f"{len(cases)} case(s) in {input_folder}; predicting {len(jobs)}; channels: "
           f"{', '.join(f'{i:04d}={n}' for i, n in enumerate(names))}"
           + (f"; declared missing: {', '.join(names[i] for i in declared_missing)}" if declared_missing else ""))
-    if jobs:
-        predictor = load_predictor(args, model_folder, folds)
+    predictor = load_predictor(args, model_folder, folds) if jobs else None  # unusable model: -o not touched
+    removed = prepare_output_folder(output_folder)
+    if removed:
+        print(f"Removed {len(removed)} leftover temporary file(s) of an interrupted earlier run in {output_folder}: "
+              f"{', '.join(p.name for p in removed)}")
+    if predictor is not None:
         write_model_files(output_folder, predictor.dataset_json, predictor.plans_manager.plans, args.overwrite)
         arguments = {**vars(args), "model_folder": str(model_folder), "channel_names": names}
         try:

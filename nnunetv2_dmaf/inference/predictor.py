@@ -10,9 +10,10 @@ preprocessing, sliding window, test-time mirroring, fold ensembling and export) 
   :meth:`DMAFPredictor.logits_to_segmentation`: one case in memory, preprocessed once and predicted
   with any mask (used by the subset evaluation).
 
-Loading a model never ends in a traceback for a user's problem: a truncated checkpoint, a trainer
-class that is not installed, a corrupt plans.json are :class:`~nnunetv2_dmaf.user_errors.DataError` s
-naming the file. Imports torch and nnU-Net: the CLIs import this module only once their arguments
+Loading a model never ends in a traceback for a user's problem: a truncated checkpoint or one that
+is not an nnU-Net checkpoint (or of a configuration the plans lack), a trainer class that is not
+installed, weights that do not fit the plans, a corrupt plans.json or one of a network DMAF-Net
+cannot be built from are :class:`~nnunetv2_dmaf.user_errors.DataError` s naming the file or folder. Imports torch and nnU-Net: the CLIs import this module only once their arguments
 are checked.
 """
 from __future__ import annotations
@@ -23,18 +24,22 @@ import pickle
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunetv2_dmaf.architecture.dmaf_net import UnsupportedPlansError
 from nnunetv2_dmaf.inference.cases import dimensionality_problem
 from nnunetv2_dmaf.inference.file_integrity import zip_archive_problem
 from nnunetv2_dmaf.inference.model_options import parse_folds, read_json_object
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
-from nnunetv2_dmaf.user_errors import DataError, UsageError
+from nnunetv2_dmaf.user_errors import DataError, UsageError, one_line
+
+#: what nnU-Net's predictor reads from a checkpoint besides optional entries
+NNUNET_CHECKPOINT_ENTRIES = ("trainer_name", "init_args", "network_weights")
 
 
 class DMAFPredictor(nnUNetPredictor):
@@ -44,20 +49,32 @@ class DMAFPredictor(nnUNetPredictor):
 
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds, checkpoint_name:
                                              str = "checkpoint_final.pth") -> None:
-        """nnU-Net's model loading; DataError naming the folder if the checkpoint or plans are unusable."""
+        """nnU-Net's model loading; DataError naming the file or folder if a checkpoint, plans.json or
+        the weights are unusable."""
         folder = self.model_folder = Path(model_training_output_dir)
-        read_json_object(folder / "plans.json", ("configurations", "image_reader_writer"))
+        plans = read_json_object(folder / "plans.json", ("configurations", "image_reader_writer"))
+        folds = self.auto_detect_available_folds(str(folder), checkpoint_name) if use_folds is None else use_folds
+        for fold in [folds] if isinstance(folds, str) else folds:
+            checkpoint = folder / f"fold_{fold}" / checkpoint_name
+            problem = nnunet_checkpoint_problem(checkpoint, plans["configurations"])
+            if problem is not None:
+                raise DataError(f"checkpoint {checkpoint}: {problem}")
         try:
             super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         except RuntimeError as error:
-            if "Could not find requested nnunet trainer" not in str(error):
-                raise
-            trainer = str(error).split("trainer ", 1)[1].split(" ", 1)[0]
-            raise DataError(f"{folder}: the checkpoint's trainer class {trainer} is not installed (nnU-Net "
-                            f"searches its own trainers and $nnUNet_extTrainer)") from None
-        except (KeyError, EOFError, pickle.UnpicklingError) as error:
-            raise DataError(f"{folder}: fold checkpoints {checkpoint_name} are not nnU-Net checkpoints "
-                            f"({type(error).__name__}: {error})") from None
+            if "Could not find requested nnunet trainer" in str(error):
+                trainer = str(error).split("trainer ", 1)[1].split(" ", 1)[0]
+                raise DataError(f"{folder}: the checkpoint's trainer class {trainer} is not installed (nnU-Net "
+                                f"searches its own trainers and $nnUNet_extTrainer)") from None
+            if "Error(s) in loading state_dict" in str(error):
+                raise DataError(f"{folder}: the weights in {checkpoint_name} do not fit the network that plans.json "
+                                f"describes ({one_line(error)})") from None
+            raise
+        except UnsupportedPlansError as error:
+            raise DataError(f"{folder / 'plans.json'}: {error}") from None
+        except KeyError as error:
+            raise DataError(f"{folder}: an entry nnU-Net needs is missing from plans.json, dataset.json or the "
+                            f"{checkpoint_name} checkpoints (KeyError: {error})") from None
         if self.dmaf_network is None:
             print(f"Note: trainer {self.trainer_name} has network {type(self.network).__name__}, not a DMAF-Net: "
                   f"missing channels are given to it as zeros, without a modality mask (as for a baseline).")
@@ -152,6 +169,28 @@ def torch_device(name: str) -> torch.device:
         torch.set_num_threads(1)
         return torch.device("cuda")
     return torch.device("mps")
+
+
+def nnunet_checkpoint_problem(path: Path, configurations: Collection[str]) -> str | None:
+    """Why the torch file ``path`` is not an nnU-Net checkpoint of one of the plans' ``configurations``
+    (one line), or None. Memory-maps the file: reads its entries, not the weights."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ImportError, AttributeError) as error:
+        return f"torch.load cannot read it ({one_line(error)})"
+    if not isinstance(checkpoint, dict):
+        return f"holds a {type(checkpoint).__name__}, not an nnU-Net checkpoint (a dict of trainer state)"
+    absent = [key for key in NNUNET_CHECKPOINT_ENTRIES if key not in checkpoint]
+    if absent:
+        return f"not an nnU-Net checkpoint (no entries {absent})"
+    init_args = checkpoint["init_args"]
+    configuration = init_args.get("configuration") if isinstance(init_args, dict) else None
+    if not isinstance(configuration, str):
+        return "not an nnU-Net checkpoint (its init_args name no configuration)"
+    if configuration not in configurations:
+        return (f"trained with configuration {configuration!r}, which the model's plans.json does not have "
+                f"(it has {sorted(configurations)})")
+    return None
 
 
 def checked_folds(args: argparse.Namespace, folder: Path) -> list[int | str]:
