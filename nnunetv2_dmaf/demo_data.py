@@ -19,7 +19,6 @@ the BraTS "both empty" Dice rule is exercised.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import SimpleITK as sitk
 
 from nnunetv2_dmaf.atomic_files import PARTIAL_MARKER, atomic_output, partial_outputs
 from nnunetv2_dmaf.channel_files import channel_file_name
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 CHANNEL_NAMES = ("T1", "T1ce", "T2", "FLAIR")
@@ -154,7 +154,7 @@ def _write_dataset(folder: Path, dataset_name: str, num_training: int, num_test:
 
 def make_demo_dataset(argv: Sequence[str] | None = None) -> None:
     """The command's work; user errors raise UsageError/DataError."""
-    parser = argparse.ArgumentParser(prog="nnUNetv2_dmaf_make_demo_dataset", description="Write a small synthetic BraTS-like 4-modality dataset "
+    parser = CommandLineParser(prog="nnUNetv2_dmaf_make_demo_dataset", description="Write a small synthetic BraTS-like 4-modality dataset "
                                                  "(T1, T1ce, T2, FLAIR) in nnU-Net raw format.")
     parser.add_argument("-d", "--dataset-id", type=int, default=DEFAULT_DATASET_ID)
     parser.add_argument("--name", default=DEFAULT_DATASET_NAME, help="dataset name (default %(default)s)")

@@ -24,7 +24,7 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncL, nnUNetPlannerResEncM, nnUNetPlannerResEncXL)
 
 from nnunetv2_dmaf.architecture.dmaf_net import build_dmaf_net_from_plans
-from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 

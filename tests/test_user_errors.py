@@ -40,3 +40,20 @@ def test_sigterm_kills_forked_children_but_interrupts_the_command_itself():
     assert "Terminated" not in out.stderr, out.stderr
     # The process that installed the handler still turns SIGTERM into Terminated (cleanup runs).
     assert "parent raised Terminated" in out.stdout, out.stdout
+
+
+def test_every_command_reports_a_bad_option_in_one_line(capsys):
+    """argparse's usage block would be several lines: every console script that takes options
+    (all but nnUNetv2_dmaf_trainer_path) ends a bad option with one line and exit status 2."""
+    from importlib.metadata import distribution
+
+    from command_exit import exit_status
+
+    scripts = [e for e in distribution("nnunetv2_dmaf").entry_points if e.group == "console_scripts"
+               and e.name != "nnUNetv2_dmaf_trainer_path"]
+    assert len(scripts) >= 12
+    for entry in scripts:
+        capsys.readouterr()
+        status = exit_status(entry.load(), ["--no-such-option"])
+        error = capsys.readouterr().err
+        assert status == 2 and error.count("\n") == 1 and "(see " in error, (entry.name, error)

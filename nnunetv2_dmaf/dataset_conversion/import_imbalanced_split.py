@@ -37,7 +37,7 @@ from nnunetv2_dmaf.channel_files import cases_in_folder
 from nnunetv2_dmaf.csv_input import read_csv_rows
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
                                                         MYOPS_TABLE_MODALITIES, table_modality_index)
-from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: mask order of the published BraTS tables

@@ -45,7 +45,7 @@ from nnunetv2_dmaf.channel_files import cases_in_folder, channel_file_name
 from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
                                         write_availability_table)
 from nnunetv2_dmaf.csv_input import read_text
-from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 SPLITS_FILENAME = "splits_final.json"

@@ -61,7 +61,7 @@ from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_ca
 from nnunetv2_dmaf.modalities import ModalityMask, all_modality_subsets, subset_name
 from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_channel_names,
                                                    model_dataset_json, model_folder_from_args)
-from nnunetv2_dmaf.dataset_conversion.cli_parser import CommandLineParser
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded

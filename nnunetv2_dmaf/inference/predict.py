@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, StrayFileError, discover_cases, load_case
 from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_channel_names,
                                                    model_dataset_json, model_folder_from_args)
@@ -176,7 +177,7 @@ def print_summary(report: PredictionReport, names: Sequence[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_predict",
         description="Predict with a DMAF-Net nnU-Net model on cases that may lack channels: absent "
                     "CASE_XXXX files (or channels named with --missing) are filled with zeros and declared "

@@ -9,7 +9,6 @@ file); the table is written atomically.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from nnunetv2_dmaf.availability import availability_table_path, write_availability_table
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.inference.model_options import dataset_name, read_json_object
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 from nnunetv2_dmaf.training.modality_dropout import parse_missing_rates, sample_modality_mask
@@ -64,7 +64,7 @@ def _output_path(output: str | None, raw_folder: Path, overwrite: bool) -> Path:
 
 def make_table(argv: Sequence[str] | None = None) -> None:
     """The command's work; user errors raise UsageError/DataError."""
-    parser = argparse.ArgumentParser(
+    parser = CommandLineParser(
         prog="nnUNetv2_dmaf_make_availability_table",
         description="Write modality_availability.csv (case_id,<channel names>; 1 = available) for an nnU-Net raw "
                     "dataset, drawing each case's modalities with per-modality missing rates.")
