@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -158,12 +159,18 @@ def test_brats2023_gli_training_validation_and_submission(tmp_path):
     assert meta["labels"]["enhancing tumor"] == [3] and meta["numTraining"] == 2
     assert_converted_case(dataset, "BraTS-GLI-00002-000")  # ED -> 1, NCR -> 2, ET -> 3, channels by content
     assert_converted_case(dataset, "BraTS-GLI-00001-000", labelled=False)
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(train / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")))
     out = tmp_path / "submission"
     assert exit_status(convert_brats.main_to_submission, ["-i", str(dataset / "labelsTr"), "-o", str(out),
                                                           "-y", "2023"]) == 0
-    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "BraTS-GLI-00000-000.nii.gz")))
-    original = sitk.GetArrayFromImage(sitk.ReadImage(str(train / "BraTS-GLI-00000-000" / "BraTS-GLI-00000-000-seg.nii.gz")))
-    np.testing.assert_array_equal(back, original)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "BraTS-GLI-00000-000.nii.gz"))),
+                                  original)
+    predictions = tmp_path / "predictions"  # as nnUNetv2_predict writes them: with the model's dataset.json
+    shutil.copytree(dataset / "labelsTr", predictions)
+    shutil.copy(dataset / "dataset.json", predictions / "dataset.json")
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(tmp_path / "sub2")]) == 0
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "sub2" / "BraTS-GLI-00000-000.nii.gz"))), original)
 
 
 def test_brats2024_task_detection_and_label_4_refused(tmp_path, capsys):
@@ -199,9 +206,16 @@ def test_submission_roundtrip(tmp_path, capsys):
     make_case(tmp_path / "data", "BraTS20_Validation_001")
     dataset = convert_brats.convert_brats(tmp_path / "data", 2020, output_root_folder=tmp_path / "raw")
     predictions = dataset / "labelsTr"  # stands in for nnUNetv2_predict output
-    (predictions / "plans.json").write_text("{}")  # nnU-Net writes json files next to predictions
-    before = tree_digest(predictions)
     out = tmp_path / "submission"
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out)]) == 2
+    err = capsys.readouterr().err  # no dataset.json beside the predictions: the release must be given
+    assert err.count("\n") == 1 and "give the BraTS release with -y" in err and not out.exists()
+    (predictions / "plans.json").write_text("{}")  # nnU-Net writes json files next to predictions,
+    shutil.copy(dataset / "dataset.json", predictions / "dataset.json")  # the model's dataset.json among them
+    before = tree_digest(predictions)
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "-y", "2023"]) == 2
+    err = capsys.readouterr().err  # 2023's labels (ET 3) for a 2020 dataset (ET 4): refused
+    assert err.count("\n") == 1 and "-y 2023 writes enhancing tumour as 3" in err and not out.exists()
     assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "-np", "1"]) == 0
     assert tree_digest(predictions) == before
     assert [p.name for p in out.iterdir()] == ["BraTS20_Validation_001.nii.gz"]

@@ -27,14 +27,16 @@ release's mapping (``-y``) to a folder of predictions.
 """
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion.case_conversion import CaseFiles, write_dataset
 from nnunetv2_dmaf.command_line_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.case_conversion import CaseFiles, write_dataset
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
 from nnunetv2_dmaf.dataset_conversion.converter_options import add_output_arguments, add_processes_argument
 from nnunetv2_dmaf.dataset_conversion.image_files import DEFAULT_GEOMETRY_TOLERANCE
@@ -193,13 +195,37 @@ def convert_brats(input_folder: Path, year: int, dataset_id: int | None = None, 
                     f"(1 edema, 2 necrosis/non-enhancing tumour core, 3 enhancing tumour)")
 
 
+def submission_labels(year: int) -> dict[int, int]:
+    """nnU-Net label -> BraTS label of release ``year`` (0/1/2/4 up to 2021, 0/1/2/3 from 2023)."""
+    return NNUNET_TO_BRATS if year in RELEASES else NNUNET_TO_BRATS2023
+
+
+#: the label part of the dataset.json description that :func:`convert_brats` writes
+_RECORDED_LABELS = re.compile(r"BraTS labels -> nnU-Net labels: (\d+ -> \d+(?:, \d+ -> \d+)*)")
+
+
+def recorded_submission_labels(prediction_folder: Path) -> dict[int, int] | None:
+    """nnU-Net label -> BraTS label of the dataset whose predictions ``prediction_folder`` holds, read
+    from the dataset.json that nnUNetv2_predict / nnUNetv2_dmaf_predict write beside the predictions
+    (its description, as :func:`convert_brats` wrote it); None if there is no such file or it does
+    not say (a dataset not converted by this plugin)."""
+    try:
+        description = json.loads((prediction_folder / "dataset.json").read_text(encoding="utf-8"))["description"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    match = _RECORDED_LABELS.search(str(description))
+    if match is None:
+        return None
+    pairs = (pair.split(" -> ") for pair in match.group(1).split(", "))
+    return {0: 0, **{int(nnunet): int(brats) for brats, nnunet in pairs}}
+
+
 def convert_predictions_to_brats(input_folder: Path, output_folder: Path, overwrite: bool = False,
                                  num_processes: int = 1, year: int = 2020) -> list[Path]:
     """Writes every ``*.nii.gz``/``*.nii`` of ``input_folder`` (nnU-Net labels 0-3) with the BraTS labels
-    of ``year`` (0/1/2/4 up to 2021, 0/1/2/3 from 2023; uint8, same name and geometry) into
-    ``output_folder``; returns the written files."""
-    mapping = NNUNET_TO_BRATS if year in RELEASES else NNUNET_TO_BRATS2023
-    return convert_label_folder(input_folder, output_folder, mapping, overwrite, num_processes)
+    of ``year`` (:func:`submission_labels`; uint8, same name and geometry) into ``output_folder``;
+    returns the written files."""
+    return convert_label_folder(input_folder, output_folder, submission_labels(year), overwrite, num_processes)
 
 
 # ------------------------------------------------------------------------------------------- CLI
@@ -247,15 +273,34 @@ def _main_to_submission(argv: Sequence[str] | None) -> None:
                     "the BraTS convention: up to 2021 1 -> 2 edema, 2 -> 1 necrosis, 3 -> 4 enhancing; 2023+ "
                     "(-y 2023/2024) 1 -> 2 ED, 2 -> 1 NCR, 3 -> 3 ET. Files keep their names and geometry; inputs "
                     "are never modified.",
-        epilog="Example: nnUNetv2_dmaf_brats_to_submission -i predictions -o submission")
+        epilog="Example: nnUNetv2_dmaf_brats_to_submission -i predictions -o submission  (predictions of "
+               "nnUNetv2_predict, with its dataset.json; otherwise add -y 2021 or -y 2023)")
     parser.add_argument("-i", "--input", required=True, type=Path, help="folder with predicted .nii.gz files")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder (must differ from -i)")
-    parser.add_argument("-y", "--year", type=int, choices=YEARS, default=2020,
-                        help="BraTS release whose labels to write (default: 2020, i.e. 1/2/4)")
+    parser.add_argument("-y", "--year", type=int, choices=YEARS, default=None,
+                        help="BraTS release whose labels to write (default: the release of the dataset.json that "
+                             "nnUNetv2_predict wrote into -i, if nnUNetv2_dmaf_convert_brats converted it; "
+                             "required otherwise)")
     parser.add_argument("--overwrite", action="store_true", help="replace same-named files in the output folder")
     add_processes_argument(parser)
     args = parser.parse_args(argv)
-    written = convert_predictions_to_brats(args.input, args.output, args.overwrite, args.num_processes, args.year)
+    recorded = recorded_submission_labels(args.input)
+    year = args.year
+    if year is None:
+        if recorded is None:
+            raise ConversionUsageError(f"give the BraTS release with -y: {args.input / 'dataset.json'} does not say "
+                                       f"which labels the dataset had (2018-2021 write 1/2/4, 2023+ 1/2/3)")
+        year = next((y for y in YEARS if submission_labels(y) == recorded), None)
+        if year is None:
+            raise ConversionUsageError(f"{args.input / 'dataset.json'}: labels {recorded} are neither BraTS "
+                                       f"2018-2021's nor 2023+'s; give -y")
+        print(f"BraTS labels of {args.input / 'dataset.json'}: "
+              f"{', '.join(f'{k} -> {v}' for k, v in recorded.items() if k)}")
+    elif recorded is not None and recorded != submission_labels(year):
+        raise ConversionUsageError(f"-y {year} writes enhancing tumour as {submission_labels(year)[3]}, but "
+                                   f"{args.input / 'dataset.json'} is of a dataset converted with enhancing tumour "
+                                   f"{recorded.get(3)}; leave -y out to use the dataset's labels")
+    written = convert_predictions_to_brats(args.input, args.output, args.overwrite, args.num_processes, year)
     print(f"wrote {len(written)} file(s) to {args.output}")
 
 
