@@ -1,6 +1,7 @@
 """End to end: nnUNetv2_dmaf_evaluate_subsets on the demo test set (real CLI, CPU)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -53,6 +54,17 @@ def test_writes_all_outputs_with_every_subset(evaluation):
     assert "| T1+T2 |" in table and "**mean over subsets**" in table and "image diagonal in mm" in table
     assert (out / "dice_heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert "| **mean over subsets** |" in result.stdout
+
+
+
+def test_settings_record_the_folds_used_and_their_checkpoints(demo_model, evaluation):
+    """--continue compares these: rows of other weights (another fold set, a fold trained again) are
+    never mixed into one table."""
+    out, _ = evaluation
+    settings = json.loads((out / "evaluation_settings.json").read_text())
+    checkpoint = demo_model.model_folder / f"fold_{FOLD}" / "checkpoint_final.pth"
+    assert settings["folds"] == [str(FOLD)]
+    assert settings["checkpoint_sha256"] == {str(FOLD): hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
 
 
 def test_saved_predictions_match_the_table_and_the_predict_command(demo_model, evaluation, tmp_path):

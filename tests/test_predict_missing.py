@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from conftest import CONFIGURATION, DATASET_ID, FOLD, TRAINER
 
@@ -261,6 +262,29 @@ def test_continue_prediction_repairs_incomplete_outputs_and_keeps_settings_consi
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert "holds predictions made with other settings (declared_missing: [] before, ['T1ce'] now)" in refused.stderr
     assert json.loads((out / "dmaf_predict_args.json").read_text()) == record
+
+
+def test_outputs_of_other_weights_are_not_continued(demo_model, tmp_path):
+    """The run record holds the folds used and their checkpoints' SHA-256: leaving -f out resolves to
+    the same (only) fold and continues; the same fold trained again (other weights, same file name)
+    is other settings."""
+    model = tmp_path / "model"
+    shutil.copytree(demo_model.model_folder, model)
+    copy_case(images_ts(demo_model), FULL, tmp_path / "in")
+    base = ["nnUNetv2_dmaf_predict", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model),
+            "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "0"]
+    demo_model.run(*base, "-f", str(FOLD))
+    again = demo_model.run(*base, "--continue_prediction")
+    assert f"skipped   {FULL}" in again.stdout
+    checkpoint = model / f"fold_{FOLD}" / "checkpoint_final.pth"
+    content = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    weights = content["network_weights"]
+    first = next(iter(weights))
+    weights[first] = weights[first] + 0.01
+    torch.save(content, checkpoint)
+    refused = demo_model.run(*base, "--continue_prediction", check=False)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "other settings (checkpoint_sha256: {'0': '" in refused.stderr
 
 
 def test_sigterm_leaves_only_complete_outputs(demo_model, tmp_path):

@@ -285,11 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_settings(args: argparse.Namespace, model_folder: Path, names: Sequence[str],
-                 regions: Sequence[Region]) -> dict:
-    """What the rows of per_case.csv depend on; ``--continue`` requires the same."""
-    return {"model_folder": str(model_folder.resolve()), "folds": [str(f) for f in (args.f or ["auto"])],
-            "checkpoint": args.chk, "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
+def run_settings(args: argparse.Namespace, model_folder: Path, checkpoint_sha256: dict[str, str],
+                 names: Sequence[str], regions: Sequence[Region]) -> dict:
+    """What the rows of per_case.csv depend on; ``--continue`` requires the same. ``checkpoint_sha256``:
+    fold -> digest of its checkpoint, for the folds used (also when -f was left out)."""
+    return {"model_folder": str(model_folder.resolve()), "folds": list(checkpoint_sha256),
+            "checkpoint": args.chk, "checkpoint_sha256": dict(checkpoint_sha256), "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
             "channels": list(names), "regions": {r.name: list(r.labels) for r in regions},
             "hd95_empty_penalty": args.hd95_empty_penalty, "et_postprocess_voxels": args.et_postprocess_voxels,
             "exact_preprocessing": args.exact_preprocessing}
@@ -348,7 +349,9 @@ def _main(argv: list[str] | None) -> int:
     names = model_channel_names(model_folder, dataset_json)
     regions = evaluation_regions(dataset_json, args.regions, args.et_postprocess_voxels, args.et_region)
     region_names = [r.name for r in regions]
-    settings = run_settings(args, model_folder, names, regions)
+    from nnunetv2_dmaf.inference.predictor import checked_folds, checkpoint_digests, load_predictor
+    folds = checked_folds(args, model_folder)
+    settings = run_settings(args, model_folder, checkpoint_digests(model_folder, folds, args.chk), names, regions)
     columns = per_case_columns(regions)
     earlier = resumed_rows(output_folder, settings, columns) if args.continue_run else pd.DataFrame(columns=columns)
     cases, failures = find_evaluation_cases(image_folder, label_folder, dataset_json["file_ending"], args.cases)
@@ -356,8 +359,7 @@ def _main(argv: list[str] | None) -> int:
         print(f"ERROR {error}", file=sys.stderr)
     if not cases:
         raise DataError("no case to evaluate")
-    from nnunetv2_dmaf.inference.predictor import checked_folds, load_predictor
-    predictor = load_predictor(args, model_folder, checked_folds(args, model_folder), allow_tqdm=False)
+    predictor = load_predictor(args, model_folder, folds, allow_tqdm=False)
     subsets = all_modality_subsets(len(names))
     output_folder.mkdir(exist_ok=True)
     if not args.continue_run:  # rows of another run must not be resumed with these settings

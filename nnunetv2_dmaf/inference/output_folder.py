@@ -8,7 +8,8 @@
   predicted again if one is missing or incomplete, a cut-off file is never taken as done, or if the
   run record lists the case as stale, see below).
 * Run record ``dmaf_predict_args.json``: the call's arguments, the settings that determine the
-  result (model folder, folds, checkpoint, step size, mirroring, declared-missing channels) and, per
+  result (model folder, folds used, checkpoint and the SHA-256 of each fold's file, step size,
+  mirroring, declared-missing channels) and, per
   predicted case, its missing channels. A run whose settings differ from the record of a folder that
   already holds outputs is refused unless ``--overwrite``, so the record always describes the files:
   an ``--overwrite`` run with other settings that does not predict every case of the old record
@@ -30,7 +31,8 @@ from nnunetv2_dmaf.user_errors import DataError, UsageError
 
 ARGS_FILE = "dmaf_predict_args.json"
 #: arguments that change the predicted files (the rest, e.g. -npp, only change how the run goes)
-RESULT_SETTINGS = ("model_folder", "f", "chk", "step_size", "disable_tta", "declared_missing", "save_probabilities")
+RESULT_SETTINGS = ("model_folder", "f", "chk", "checkpoint_sha256", "step_size", "disable_tta", "declared_missing",
+                   "save_probabilities")
 
 
 @dataclass
@@ -86,9 +88,12 @@ def plan_jobs(cases: Iterable[CaseFiles], output_folder: Path, file_ending: str,
     return jobs, skipped, refused, notes
 
 
-def prediction_settings(arguments: Mapping, model_folder: Path, declared_missing: Sequence[str]) -> dict:
-    """The settings that determine the predicted files (compared between runs into one folder)."""
-    values = {**arguments, "model_folder": str(model_folder.resolve()), "declared_missing": list(declared_missing)}
+def prediction_settings(arguments: Mapping, model_folder: Path, declared_missing: Sequence[str],
+                        checkpoint_sha256: Mapping[str, str]) -> dict:
+    """The settings that determine the predicted files (compared between runs into one folder): ``f``
+    is the folds used (also when -f was left out), ``checkpoint_sha256`` their checkpoints' digests."""
+    values = {**arguments, "model_folder": str(model_folder.resolve()), "declared_missing": list(declared_missing),
+              "f": list(checkpoint_sha256), "checkpoint_sha256": dict(checkpoint_sha256)}
     return {k: values.get(k) for k in RESULT_SETTINGS}
 
 

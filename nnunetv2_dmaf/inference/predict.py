@@ -237,13 +237,14 @@ def predict_command(argv: Sequence[str] | None = None) -> int:
     if not cases:
         raise DataError(f"-i {input_folder}: no channel files CASE_XXXX{file_ending}"
                         + (f" ({len(naming_errors)} other file(s) reported above)" if naming_errors else ""))
-    settings = prediction_settings(vars(args), model_folder, [names[i] for i in declared_missing])
+    from nnunetv2_dmaf.inference.predictor import checked_folds, checkpoint_digests, load_predictor
+    folds = checked_folds(args, model_folder)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
+    settings = prediction_settings(vars(args), model_folder, [names[i] for i in declared_missing],
+                                   checkpoint_digests(model_folder, folds, args.chk))
     record = read_run_record(output_folder) if output_folder.is_dir() else None
     if not args.overwrite:
         has_outputs = output_folder.is_dir() and any(output_folder.glob(f"*{file_ending}"))
         check_settings_match(output_folder, settings, record, has_outputs)
-    from nnunetv2_dmaf.inference.predictor import checked_folds, load_predictor
-    folds = checked_folds(args, model_folder)  # an untrained -f, a wrong -chk, no CUDA: refused before -o is touched
     jobs, report.skipped, refused, notes = plan_jobs(cases, output_folder, file_ending, args.save_probabilities,
                                                      args.overwrite, args.continue_prediction,
                                                      stale_case_ids(record))

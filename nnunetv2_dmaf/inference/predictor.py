@@ -19,6 +19,7 @@ are checked.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import multiprocessing
 import pickle
 from contextlib import contextmanager
@@ -214,6 +215,17 @@ def checked_folds(args: argparse.Namespace, folder: Path) -> list[int | str]:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("-device cuda was requested but CUDA is not available; use -device cpu")
     return folds
+
+
+def checkpoint_digests(folder: Path, folds: Sequence[int | str], checkpoint_name: str) -> dict[str, str]:
+    """Fold -> SHA-256 of its checkpoint file (as :func:`checked_folds` found them). Recorded with a
+    run's outputs, so that a resumed run refuses to mix in results of other weights (other folds, a
+    fold trained again)."""
+    digests = {}
+    for fold in folds:
+        with open(folder / f"fold_{fold}" / checkpoint_name, "rb") as file:
+            digests[str(fold)] = hashlib.file_digest(file, "sha256").hexdigest()
+    return digests
 
 
 def load_predictor(args: argparse.Namespace, folder: Path, folds: list[int | str],
