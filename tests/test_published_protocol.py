@@ -124,6 +124,31 @@ def test_brats2018_train_test_lists_five_folds_without_test_cases(tmp_path):
     assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == sorted(f"{c}.nii.gz" for c in cases[9:])
 
 
+def test_test_cases_already_preprocessed_are_not_moved(tmp_path, capsys):
+    """nnU-Net's fold 'all' trains on every preprocessed case: moving test cases after
+    nnUNetv2_plan_and_preprocess would leak them; refused, nothing changed."""
+    cases = [f"Brats18_2013_{i}_1" for i in range(8)]
+    folder = make_raw_dataset(tmp_path, "Dataset518_BraTS2018", NNUNET_ORDER, cases)
+    (tmp_path / "train.txt").write_text("\n".join(cases[:6]) + "\n")
+    (tmp_path / "test.txt").write_text("\n".join(cases[6:]) + "\n")
+    stage = tmp_path / "pre" / folder.name / "nnUNetPlans_3d_fullres"
+    stage.mkdir(parents=True)
+    for case in cases:
+        (stage / f"{case}.pkl").write_bytes(b"")
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    argv = ["-d", str(folder), "--preprocessed-root", str(tmp_path / "pre"), "--train", str(tmp_path / "train.txt"),
+            "--test", str(tmp_path / "test.txt")]
+    assert exit_status(protocol.main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"2 of the test case(s) to move were already preprocessed, e.g. {stage}" in err
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert not (tmp_path / "pre" / folder.name / "splits_final.json").exists()
+    for case in cases[6:]:
+        (stage / f"{case}.pkl").unlink()
+    assert exit_status(protocol.main, argv) == 0  # the training cases' preprocessed files do not matter
+    assert sorted(p.name for p in (folder / "labelsTs").iterdir()) == [f"{c}.nii.gz" for c in cases[6:]]
+
+
 def test_exclude_unlisted_keeps_cases_out_of_the_folds_and_says_fold_all_does_not(tmp_path, capsys):
     cases = [f"Brats18_2013_{i}_1" for i in range(12)]
     folder = make_raw_dataset(tmp_path, "Dataset518_BraTS2018", NNUNET_ORDER, cases)

@@ -12,7 +12,8 @@ What it does to the raw dataset ``$nnUNet_raw/DatasetNNN_Name`` (all checks firs
 
 1. test cases are MOVED out of ``imagesTr``/``labelsTr`` into ``imagesTs``/``labelsTs`` (and
    dataset.json's ``numTraining`` is updated), so no nnU-Net fold, ``all`` included, can train on
-   them and ``nnUNetv2_dmaf_evaluate_subsets -i imagesTs -l labelsTs`` evaluates exactly them;
+   them and ``nnUNetv2_dmaf_evaluate_subsets -i imagesTs -l labelsTs`` evaluates exactly them (refused
+   if they were already preprocessed: fold ``all`` trains on every preprocessed case);
 2. ``$nnUNet_preprocessed/DatasetNNN_Name/splits_final.json``: with a val list ONE fold (fold 0)
    training on the train list and validating on the val list; without one nnU-Net's own 5-fold split
    (``generate_crossval_split``, seed 12345) of the train list;
@@ -27,6 +28,7 @@ recognised).
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -213,6 +215,20 @@ def _same_availability(protocol: Protocol, path: Path) -> bool:
         all(np.array_equal(existing[c], protocol.availability[c]) for c in existing)
 
 
+def preprocessed_cases(preprocessed_dataset: Path, cases: Sequence[str]) -> dict[str, Path]:
+    """Those of ``cases`` that nnUNetv2_plan_and_preprocess wrote into the dataset's preprocessed folder
+    (``<plans>_<configuration>/CASE.pkl`` or ``gt_segmentations/CASE.*``), each with one such file."""
+    found: dict[str, Path] = {}
+    if preprocessed_dataset.is_dir():
+        for case in cases:
+            name = glob.escape(case)
+            files = [*preprocessed_dataset.glob(f"*/{name}.pkl"),
+                     *preprocessed_dataset.glob(f"gt_segmentations/{name}.*")]
+            if files:
+                found[case] = min(files)
+    return found
+
+
 def apply_protocol(protocol: Protocol, splits_path: Path, overwrite: bool = False) -> list[Path]:
     """Moves the test cases, updates dataset.json, writes splits_final.json (and the availability
     table); returns the written files. An existing different splits_final.json / availability table
@@ -226,6 +242,13 @@ def apply_protocol(protocol: Protocol, splits_path: Path, overwrite: bool = Fals
                and not same()]
     if refused:
         raise ConversionError(f"{refused[0]} already exists with other content; pass --overwrite to replace it")
+    preprocessed = preprocessed_cases(splits_path.parent, protocol.to_move)
+    if preprocessed:
+        raise ConversionError(f"{len(preprocessed)} of the test case(s) to move were already preprocessed, e.g. "
+                              f"{next(iter(preprocessed.values()))}: nnU-Net's fold 'all' would train on "
+                              f"them and the plans were made with them. Apply the protocol before "
+                              f"nnUNetv2_plan_and_preprocess, or delete {splits_path.parent}, apply it and plan and "
+                              f"preprocess again")
     meta = _dataset_meta(folder)
     if protocol.to_move:
         _move_test_cases(folder, protocol.to_move, len(protocol.channel_names), meta.get("file_ending", ".nii.gz"))

@@ -290,7 +290,8 @@ def run_settings(args: argparse.Namespace, model_folder: Path, checkpoint_sha256
     """What the rows of per_case.csv depend on; ``--continue`` requires the same. ``checkpoint_sha256``:
     fold -> digest of its checkpoint, for the folds used (also when -f was left out)."""
     return {"model_folder": str(model_folder.resolve()), "folds": list(checkpoint_sha256),
-            "checkpoint": args.chk, "checkpoint_sha256": dict(checkpoint_sha256), "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
+            "checkpoint": args.chk, "checkpoint_sha256": dict(checkpoint_sha256),
+            "tta_mirroring": not args.disable_tta, "step_size": args.step_size,
             "channels": list(names), "regions": {r.name: list(r.labels) for r in regions},
             "hd95_empty_penalty": args.hd95_empty_penalty, "et_postprocess_voxels": args.et_postprocess_voxels,
             "exact_preprocessing": args.exact_preprocessing}

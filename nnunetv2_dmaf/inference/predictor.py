@@ -13,8 +13,8 @@ preprocessing, sliding window, test-time mirroring, fold ensembling and export) 
 Loading a model never ends in a traceback for a user's problem: a truncated checkpoint or one that
 is not an nnU-Net checkpoint (or of a configuration the plans lack), a trainer class that is not
 installed, weights that do not fit the plans, a corrupt plans.json or one of a network DMAF-Net
-cannot be built from are :class:`~nnunetv2_dmaf.user_errors.DataError` s naming the file or folder. Imports torch and nnU-Net: the CLIs import this module only once their arguments
-are checked.
+cannot be built from are :class:`~nnunetv2_dmaf.user_errors.DataError` s naming the file or folder.
+Imports torch and nnU-Net: the CLIs import this module only once their arguments are checked.
 """
 from __future__ import annotations
 
