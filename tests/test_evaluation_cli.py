@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from command_exit import exit_status
 from conftest import CONFIGURATION, DATASET_ID, FOLD, TRAINER
+from nnunetv2_dmaf.evaluation import paper_table
 from nnunetv2_dmaf.evaluation.metrics import dice, hd95
 
 CASE = "DMAFDemo_009"
@@ -179,6 +181,29 @@ def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path)
     assert "| **mean over subsets** |" in ours.stdout
     rows = pd.read_csv(tmp_path / "hd95.csv")["subset"].tolist()
     assert rows == SUBSETS + ["mean over subsets"]
+    before = (tmp_path / "hd95.md").read_text()
+    assert exit_status(paper_table.main, ["-i", str(out), "-o", str(tmp_path / "hd95")]) == 2  # Dice over HD95
+    assert (tmp_path / "hd95.md").read_text() == before
+    assert exit_status(paper_table.main, ["-i", str(out), "-o", str(tmp_path / "hd95"), "--overwrite"]) == 0
+    assert (tmp_path / "hd95.md").read_text() != before
+
+
+def test_overwrite_leaves_nothing_of_the_earlier_run(demo_model, evaluation, tmp_path):
+    """--overwrite removes the earlier run's tables, plots and saved predictions before it starts: a run
+    that then evaluates no case leaves only its own settings, not a summary of other settings."""
+    out, _ = evaluation
+    again = tmp_path / "eval"
+    shutil.copytree(out, again)
+    assert (again / "predictions").is_dir() and (again / "paper_table_Dice_paper.md").is_file()
+    data = demo_model.dataset_folder
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    content = (data / "labelsTs" / f"{CASE}.nii.gz").read_bytes()
+    (labels / f"{CASE}.nii.gz").write_bytes(content[:len(content) // 2])
+    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
+                            "-o", str(again), *MODEL, "--cases", CASE, "--overwrite", check=False)
+    assert result.returncode == 1 and "no case could be evaluated" in result.stderr
+    assert sorted(p.name for p in again.iterdir()) == ["evaluation_settings.json"]
 
 
 def bad_reference_labels(data, labels):

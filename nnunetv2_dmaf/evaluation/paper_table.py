@@ -25,6 +25,8 @@ from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 SETTINGS_FILE = "evaluation_settings.json"
+#: name prefix of the tables written into an evaluation folder (``paper_table_<metric>_<order>.md/.csv``)
+PAPER_TABLE_PREFIX = "paper_table_"
 METRICS = ("Dice", "HD95")
 ORDERS = ("paper", "ours")
 
@@ -77,7 +79,7 @@ def write_paper_table(folder: Path, per_case: pd.DataFrame, channel_names: Seque
     returns the Markdown and the paths."""
     table = paper_table(per_case, subset_order(channel_names, order), metric)
     markdown = table_markdown(table, metric)
-    prefix = output_prefix or folder / f"paper_table_{metric}_{order}"
+    prefix = output_prefix or folder / f"{PAPER_TABLE_PREFIX}{metric}_{order}"
     md_path, csv_path = prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")
     write_text_atomic(md_path, markdown)
     with atomic_output(csv_path) as tmp:
@@ -123,12 +125,18 @@ def _main(argv: Sequence[str] | None) -> None:
                         help="row order: the published papers' mask-id order, or ours (default: %(default)s)")
     parser.add_argument("--metric", choices=METRICS, default="Dice", help="default: %(default)s")
     parser.add_argument("-o", type=Path, default=None,
-                        help="output prefix (writes PREFIX.md and PREFIX.csv; default: -i/paper_table_METRIC_ORDER)")
+                        help="output prefix (writes PREFIX.md and PREFIX.csv; default: -i/paper_table_METRIC_ORDER, "
+                             "which is rewritten from the evaluation each time)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing -o PREFIX.md / PREFIX.csv")
     args = parser.parse_args(argv)
     if not args.i.is_dir():
         raise UsageError(f"-i {args.i}: no such folder")
-    if args.o is not None and not args.o.parent.is_dir():
-        raise UsageError(f"-o {args.o}: folder {args.o.parent} does not exist")
+    if args.o is not None:
+        if not args.o.parent.is_dir():
+            raise UsageError(f"-o {args.o}: folder {args.o.parent} does not exist")
+        existing = [p for p in (args.o.with_name(args.o.name + e) for e in (".md", ".csv")) if p.exists()]
+        if existing and not args.overwrite:
+            raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
     per_case, channels = read_evaluation(args.i)
     markdown, paths = write_paper_table(args.i, per_case, channels, args.order, args.metric, args.o)
     print(markdown)

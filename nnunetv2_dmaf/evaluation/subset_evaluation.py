@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -51,7 +52,7 @@ from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.channel_files import channel_file_name
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
-from nnunetv2_dmaf.evaluation.paper_table import SETTINGS_FILE, write_paper_table
+from nnunetv2_dmaf.evaluation.paper_table import PAPER_TABLE_PREFIX, SETTINGS_FILE, write_paper_table
 from nnunetv2_dmaf.evaluation.regions import (Region, dataset_label_values, find_region,
                                               ignore_label_from_dataset_json, myops_regions, postprocessed_region,
                                               regions_from_dataset_json)
@@ -363,8 +364,11 @@ def _main(argv: list[str] | None) -> int:
     predictor = load_predictor(args, model_folder, folds, allow_tqdm=False)
     subsets = all_modality_subsets(len(names))
     output_folder.mkdir(exist_ok=True)
-    if not args.continue_run:  # rows of another run must not be resumed with these settings
-        (output_folder / "per_case.csv").unlink(missing_ok=True)
+    if not args.continue_run:  # nothing of another run may stay beside this run's outputs
+        for name in (*OUTPUT_FILES, *(p.name for p in output_folder.glob(f"{PAPER_TABLE_PREFIX}*"))):
+            (output_folder / name).unlink(missing_ok=True)
+        if args.overwrite:
+            shutil.rmtree(output_folder / "predictions", ignore_errors=True)
     write_text_atomic(output_folder / SETTINGS_FILE, json.dumps(settings, indent=2))
     done = set(zip(earlier["case"].astype(str), earlier["subset"].astype(str)))
     rows = earlier.to_dict("records")  # all of them, also of cases outside --cases: nothing is lost
