@@ -2,10 +2,11 @@
 
 A command's ``main`` raises :class:`UsageError` (bad option or value: exit status 2) or
 :class:`DataError` (bad or unreadable input file, refused output: exit status 1) with a message that
-names the file or value. :func:`run_main` turns them, Ctrl-C (SIGINT) and SIGTERM into ONE line on
-stderr (``<command>: error: <message>``) and the documented exit status; anything else is our bug and
-keeps its traceback. SIGTERM is raised as :class:`Terminated` (a KeyboardInterrupt) inside the
-program, so ``finally`` blocks and context managers clean up temporary outputs as for Ctrl-C.
+names the file or value. :func:`run_main` turns them, a file system refusing a file (permission,
+read-only, disk full), Ctrl-C (SIGINT) and SIGTERM into ONE line on stderr (``<command>: error:
+<message>``) and the documented exit status; anything else is our bug and keeps its traceback.
+SIGTERM is raised as :class:`Terminated` (a KeyboardInterrupt) inside the program, so ``finally``
+blocks and context managers clean up temporary outputs as for Ctrl-C.
 
 Only the process that installed the handler does so: a child forked from it (e.g. by the
 ``multiprocessing.Pool`` that nnU-Net's planner opens to list the dataset's files) gets SIGTERM's
@@ -14,6 +15,7 @@ default action back, so that ``Pool.terminate()`` kills its workers instead of l
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -22,6 +24,8 @@ from typing import Callable, NoReturn, Sequence
 EXIT_DATA_ERROR = 1
 EXIT_USAGE_ERROR = 2
 EXIT_INTERRUPTED = 130
+#: errno values of a file system that refuses a file: the user's environment, not our bug
+FILE_SYSTEM_REFUSALS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EIO})
 
 
 class UserError(ValueError):
@@ -84,7 +88,9 @@ def command_name(argv0: str | None = None) -> str:
 def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
     """Runs ``main(argv)``: returns if it returned None or 0 (the console script then exits 0, and
     Python callers such as tests go on); otherwise exits with its status, with 1/2 and one line for a
-    :class:`UserError`, with 130 and one line for Ctrl-C / SIGTERM."""
+    :class:`UserError` and 1 for a file system that refuses a file (:data:`FILE_SYSTEM_REFUSALS`:
+    permission, read-only, disk full, I/O error; one line naming the file), with 130 and one line for
+    Ctrl-C / SIGTERM."""
     install_sigterm_handler()
     name = command_name()
     try:
@@ -92,6 +98,12 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
     except UserError as e:
         print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno not in FILE_SYSTEM_REFUSALS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{name}: error: {where}{e.strerror or e}", file=sys.stderr)
+        sys.exit(EXIT_DATA_ERROR)
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted (Ctrl-C)"
         print(f"{name}: {what}; temporary outputs were removed", file=sys.stderr)

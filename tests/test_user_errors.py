@@ -57,3 +57,24 @@ def test_every_command_reports_a_bad_option_in_one_line(capsys):
         status = exit_status(entry.load(), ["--no-such-option"])
         error = capsys.readouterr().err
         assert status == 2 and error.count("\n") == 1 and "(see " in error, (entry.name, error)
+
+
+def test_a_file_system_refusing_a_file_is_one_line_naming_it_and_other_os_errors_are_bugs(capsys):
+    import errno
+
+    import pytest
+
+    from command_exit import exit_status
+    from nnunetv2_dmaf.user_errors import run_main
+
+    def disk_full(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/out/case.nii.gz")
+
+    assert exit_status(lambda argv: run_main(disk_full, argv), []) == 1
+    assert capsys.readouterr().err.endswith("error: /data/out/case.nii.gz: No space left on device\n")
+
+    def our_bug(argv):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "/wrong/path")
+
+    with pytest.raises(FileNotFoundError):
+        run_main(our_bug, [])
