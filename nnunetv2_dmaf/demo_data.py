@@ -154,8 +154,9 @@ def _write_dataset(folder: Path, dataset_name: str, num_training: int, num_test:
 
 def make_demo_dataset(argv: Sequence[str] | None = None) -> None:
     """The command's work; user errors raise UsageError/DataError."""
-    parser = CommandLineParser(prog="nnUNetv2_dmaf_make_demo_dataset", description="Write a small synthetic BraTS-like 4-modality dataset "
-                                                 "(T1, T1ce, T2, FLAIR) in nnU-Net raw format.")
+    parser = CommandLineParser(prog="nnUNetv2_dmaf_make_demo_dataset",
+                               description="Write a small synthetic BraTS-like 4-modality dataset (T1, T1ce, T2, "
+                                           "FLAIR) in nnU-Net raw format.")
     parser.add_argument("-d", "--dataset-id", type=int, default=DEFAULT_DATASET_ID)
     parser.add_argument("--name", default=DEFAULT_DATASET_NAME, help="dataset name (default %(default)s)")
     parser.add_argument("-n", "--num-training", type=int, default=12)

@@ -438,7 +438,7 @@ def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwar
         encoder_type = "residual"
     else:
         raise UnsupportedPlansError(f"nnUNetTrainerDMAF supports plans with PlainConvUNet or ResidualEncoderUNet, "
-                         f"got network class {arch_class_name!r}")
+                                    f"got network class {arch_class_name!r}")
     kwargs.update(dmaf_kwargs)
     return DMAFNet(input_channels, output_channels, deep_supervision=deep_supervision,
                    encoder_type=encoder_type, **kwargs)
