@@ -73,14 +73,18 @@ def table_markdown(table: pd.DataFrame, metric: str, digits: int = 2) -> str:
     return f"{unit} per modality subset\n\n" + "\n".join(lines) + "\n"
 
 
+def table_paths(prefix: Path) -> tuple[Path, Path]:
+    """``PREFIX.md`` and ``PREFIX.csv``."""
+    return prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")
+
+
 def write_paper_table(folder: Path, per_case: pd.DataFrame, channel_names: Sequence[str], order: str,
                       metric: str, output_prefix: Path | None = None) -> tuple[str, list[Path]]:
     """Writes ``<prefix>.md`` and ``<prefix>.csv`` (default prefix: ``folder/paper_table_<metric>_<order>``);
     returns the Markdown and the paths."""
     table = paper_table(per_case, subset_order(channel_names, order), metric)
     markdown = table_markdown(table, metric)
-    prefix = output_prefix or folder / f"{PAPER_TABLE_PREFIX}{metric}_{order}"
-    md_path, csv_path = prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".csv")
+    md_path, csv_path = table_paths(output_prefix or folder / f"{PAPER_TABLE_PREFIX}{metric}_{order}")
     write_text_atomic(md_path, markdown)
     with atomic_output(csv_path) as tmp:
         table.rename_axis("subset").to_csv(tmp, float_format="%.6g")
@@ -134,7 +138,7 @@ def _main(argv: Sequence[str] | None) -> None:
     if args.o is not None:
         if not args.o.parent.is_dir():
             raise UsageError(f"-o {args.o}: folder {args.o.parent} does not exist")
-        existing = [p for p in (args.o.with_name(args.o.name + e) for e in (".md", ".csv")) if p.exists()]
+        existing = [p for p in table_paths(args.o) if p.exists()]
         if existing and not args.overwrite:
             raise UsageError(f"{existing[0]} already exists; pass --overwrite to replace it")
     per_case, channels = read_evaluation(args.i)
