@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunetv2_dmaf.user_errors import one_line
+
 #: file endings of nnU-Net's image readers (used to recognise channel files with a wrong ending)
 IMAGE_FILE_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl", ".gipl.gz", ".png", ".bmp",
                       ".tif", ".tiff", ".jpg", ".jpeg")
@@ -80,13 +82,13 @@ def image_file_problem(path: str | os.PathLike) -> str | None:
         try:
             size = _decompressed_size(path)
         except (OSError, EOFError, zlib.error) as error:
-            return f"corrupt or truncated gzip data ({' '.join(str(error).split()) or type(error).__name__})"
+            return f"corrupt or truncated gzip data ({one_line(error)})"
     if name.endswith((".nii", ".nii.gz")):
         try:
             image = _load_nifti(path)
             expected = _nifti_expected_size(image.header)
         except Exception as error:  # nibabel raises many types for garbage input
-            return f"not a valid NIfTI file ({type(error).__name__}: {' '.join(str(error).split())[:200]})"
+            return f"not a valid NIfTI file ({type(error).__name__}: {one_line(error, 200)})"
         if size < expected:
             return f"truncated NIfTI file ({size} data bytes, the header announces {expected})"
         non_finite = _nifti_non_finite(image)

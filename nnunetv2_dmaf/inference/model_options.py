@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
-from nnunetv2_dmaf.user_errors import DataError, UsageError
+from nnunetv2_dmaf.user_errors import DataError, UsageError, one_line
 
 DEFAULT_TRAINER = "nnUNetTrainerDMAF"
 
@@ -96,7 +96,7 @@ def read_json_object(path: Path, required_keys: tuple[str, ...] = ()) -> dict:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{path}: not a readable JSON file ({' '.join(str(error).split())})") from None
+        raise DataError(f"{path}: not a readable JSON file ({one_line(error)})") from None
     if not isinstance(content, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(content).__name__}")
     absent = [k for k in required_keys if k not in content]

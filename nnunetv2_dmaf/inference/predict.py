@@ -41,7 +41,7 @@ from nnunetv2_dmaf.inference.output_folder import (CaseJob, check_settings_match
                                                    prepare_output_folder, read_run_record, stale_case_ids,
                                                    write_model_files, write_run_record)
 from nnunetv2_dmaf.modalities import ModalityMask, parse_channels
-from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
+from nnunetv2_dmaf.user_errors import DataError, UsageError, one_line, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when a model is loaded (fast usage errors)
     import torch
@@ -145,7 +145,7 @@ def predict_cases(predictor: DMAFPredictor, jobs: Sequence[CaseJob], declared_mi
 
     def export_failed(case_id: str, error: BaseException) -> None:
         report.fail(CaseInputError(case_id, None, f"writing the prediction failed ({type(error).__name__}: "
-                                                  f"{' '.join(str(error).split())})"))
+                                                  f"{one_line(error)})"))
 
     with ExportQueue(num_processes_export, done, export_failed) as exports:
         for prepared in prepared_cases(predictor, jobs, declared_missing, num_processes_preprocessing, report):

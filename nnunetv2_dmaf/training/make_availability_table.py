@@ -21,7 +21,7 @@ from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.inference.model_options import dataset_name, read_json_object
 from nnunetv2_dmaf.modalities import channel_names_from_dataset_json
 from nnunetv2_dmaf.training.modality_dropout import parse_missing_rates, sample_modality_mask
-from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
+from nnunetv2_dmaf.user_errors import DataError, UsageError, one_line, run_main
 
 
 def sample_availability_table(case_ids: Sequence[str], missing_rates: np.ndarray, seed: int = 0
@@ -95,7 +95,7 @@ def make_table(argv: Sequence[str] | None = None) -> None:
     try:
         case_ids = training_case_ids(folder, dataset_json)
     except (OSError, RuntimeError, ValueError, KeyError) as e:  # nnU-Net's checks of imagesTr / dataset.json
-        raise DataError(f"{folder}: cannot list the training cases ({' '.join(str(e).split())})") from None
+        raise DataError(f"{folder}: cannot list the training cases ({one_line(e)})") from None
     if not case_ids:
         raise DataError(f"{folder}: no training cases found (imagesTr empty?)")
     table = sample_availability_table(case_ids, rates, args.seed)
