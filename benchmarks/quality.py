@@ -69,11 +69,11 @@ RECORDS = REPO / "benchmarks" / "quality_records"
 CODE_PATHS = ("nnunetv2_dmaf", "benchmarks/quality.py", "setup.py", "constraints-cpu.txt")
 sys.path.insert(0, str(REPO))  # run from a checkout: the benchmark uses this checkout's helpers
 
-from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (  # noqa: E402
-    TABLE_MODALITIES, read_split_table, table_to_channel_index)
 from nnunetv2_dmaf.atomic_files import write_text_atomic  # noqa: E402
 from nnunetv2_dmaf.availability import availability_table_path, write_availability_table  # noqa: E402
 from nnunetv2_dmaf.channel_files import channel_file_name  # noqa: E402
+from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (  # noqa: E402
+    TABLE_MODALITIES, read_split_table, table_to_channel_index)
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main  # noqa: E402
 
 DATASET_ID = 995

@@ -14,9 +14,9 @@ import pytest
 import SimpleITK as sitk
 from command_exit import exit_status
 
+from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
 from nnunetv2_dmaf.dataset_conversion import published_protocol as protocol
-from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 from test_import_imbalanced_split import NNUNET_ORDER, make_dataset
 
 TABLE = "data_name,mask\nHG_BraTS20_Training_002,\"[True, False, True, False]\"\n"  # flair, t1ce, t1, t2

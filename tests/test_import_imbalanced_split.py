@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from command_exit import exit_status
 
-from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
-from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 from nnunetv2_dmaf.availability import (AVAILABILITY_FILENAME, AvailabilityTableError, read_availability_table,
                                         write_availability_table)
+from nnunetv2_dmaf.dataset_conversion import import_imbalanced_split as imp
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
 
 SPLITS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imbalanced_splits"
 needs_splits = pytest.mark.skipif(not SPLITS_DIR.is_dir(), reason=f"published split tables not found at {SPLITS_DIR}")

@@ -13,10 +13,10 @@ import pytest
 import SimpleITK as sitk
 from command_exit import exit_status
 
+from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 from nnunetv2_dmaf.dataset_conversion import convert_myops2020 as myops
 from nnunetv2_dmaf.dataset_conversion import published_protocol as protocol
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
-from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, read_availability_table
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BRATS_LISTS = DATA / "published_splits" / "brats2020_rfnet_split"

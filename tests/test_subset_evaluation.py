@@ -13,9 +13,9 @@ from nnunetv2_dmaf.evaluation.regions import Region, regions_from_dataset_json
 from nnunetv2_dmaf.evaluation.report import (MEAN_ROW, OUTPUT_FILES, markdown_table, read_per_case, summarize,
                                              write_per_case, write_report)
 from nnunetv2_dmaf.evaluation.subset_evaluation import parse_penalty, score_case
-from nnunetv2_dmaf.user_errors import UsageError
 from nnunetv2_dmaf.modalities import (all_modality_subsets, channel_names_from_dataset_json,
                                                 mask_from_missing, parse_channels, subset_name)
+from nnunetv2_dmaf.user_errors import UsageError
 
 NAMES = ["T1", "T1ce", "T2", "FLAIR"]
 

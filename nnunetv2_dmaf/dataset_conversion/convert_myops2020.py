@@ -33,8 +33,8 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion.case_conversion import CaseFiles, convert_case, convert_case_slices, write_dataset
 from nnunetv2_dmaf.command_line_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.case_conversion import CaseFiles, convert_case, convert_case_slices, write_dataset
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError
 from nnunetv2_dmaf.dataset_conversion.converter_options import add_output_arguments, add_processes_argument
 from nnunetv2_dmaf.dataset_conversion.image_files import DEFAULT_GEOMETRY_TOLERANCE

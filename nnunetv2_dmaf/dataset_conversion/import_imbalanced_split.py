@@ -30,14 +30,14 @@ from typing import Sequence
 
 import numpy as np
 
-from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
-from nnunetv2_dmaf.dataset_conversion.output_folders import output_root
 from nnunetv2_dmaf.availability import AvailabilityTableError, availability_table_path, write_availability_table
 from nnunetv2_dmaf.channel_files import cases_in_folder
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.csv_input import read_csv_rows
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
+from nnunetv2_dmaf.dataset_conversion.output_folders import output_root
 from nnunetv2_dmaf.evaluation.paper_conventions import (BRATS_TABLE_MODALITIES, MODALITY_ALIASES,
                                                         MYOPS_TABLE_MODALITIES, table_modality_index)
-from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 #: mask order of the published BraTS tables

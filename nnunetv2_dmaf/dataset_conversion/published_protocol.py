@@ -38,16 +38,16 @@ from typing import Sequence
 
 import numpy as np
 
+from nnunetv2_dmaf.atomic_files import write_text_atomic
+from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
+                                        write_availability_table)
+from nnunetv2_dmaf.channel_files import cases_in_folder, channel_file_name
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
+from nnunetv2_dmaf.csv_input import read_text
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
 from nnunetv2_dmaf.dataset_conversion.import_imbalanced_split import (
     case_id_from_data_name, dataset_channels_and_cases, masks_in_channel_order, read_split_table,
     resolve_dataset_folder)
-from nnunetv2_dmaf.atomic_files import write_text_atomic
-from nnunetv2_dmaf.channel_files import cases_in_folder, channel_file_name
-from nnunetv2_dmaf.availability import (AvailabilityTableError, availability_table_path, read_availability_table,
-                                        write_availability_table)
-from nnunetv2_dmaf.csv_input import read_text
-from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import run_main
 
 SPLITS_FILENAME = "splits_final.json"

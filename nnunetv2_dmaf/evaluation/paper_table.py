@@ -17,11 +17,11 @@ from typing import Sequence
 import pandas as pd
 
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.csv_input import read_text
 from nnunetv2_dmaf.evaluation.paper_conventions import paper_subset_order
 from nnunetv2_dmaf.evaluation.report import MEAN_ROW, read_per_case, summarize
 from nnunetv2_dmaf.modalities import all_modality_subsets, subset_name
-from nnunetv2_dmaf.command_line_parser import CommandLineParser
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 SETTINGS_FILE = "evaluation_settings.json"

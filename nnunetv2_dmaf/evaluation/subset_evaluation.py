@@ -46,10 +46,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
-from nnunetv2_dmaf.dataset_conversion.image_files import check_nifti_complete
 from nnunetv2_dmaf.atomic_files import atomic_output, write_text_atomic
 from nnunetv2_dmaf.channel_files import channel_file_name
+from nnunetv2_dmaf.command_line_parser import CommandLineParser
+from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError
+from nnunetv2_dmaf.dataset_conversion.image_files import check_nifti_complete
 from nnunetv2_dmaf.evaluation.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, image_diagonal_mm
 from nnunetv2_dmaf.evaluation.paper_conventions import ET_POSTPROCESS_VOXELS, ET_REGION_NAMES, paper_subset_order
 from nnunetv2_dmaf.evaluation.paper_table import PAPER_TABLE_PREFIX, SETTINGS_FILE, write_paper_table
@@ -59,10 +60,9 @@ from nnunetv2_dmaf.evaluation.regions import (Region, dataset_label_values, find
 from nnunetv2_dmaf.evaluation.report import (OUTPUT_FILES, metric_columns, read_per_case, summarize, write_per_case,
                                              write_report)
 from nnunetv2_dmaf.inference.cases import CaseFiles, CaseInputError, discover_cases, load_case
-from nnunetv2_dmaf.modalities import ModalityMask, all_modality_subsets, subset_name
 from nnunetv2_dmaf.inference.model_options import (add_model_arguments, check_model_arguments, model_channel_names,
                                                    model_dataset_json, model_folder_from_args)
-from nnunetv2_dmaf.command_line_parser import CommandLineParser
+from nnunetv2_dmaf.modalities import ModalityMask, all_modality_subsets, subset_name
 from nnunetv2_dmaf.user_errors import DataError, UsageError, run_main
 
 if TYPE_CHECKING:  # torch and nnU-Net are imported only when the model is loaded

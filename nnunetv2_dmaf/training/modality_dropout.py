@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
-from nnunetv2_dmaf.training.channel_presence import DATA_PRESENT_KEY
 from nnunetv2_dmaf.availability import AVAILABILITY_FILENAME, AvailabilityTableError, read_availability_table
 from nnunetv2_dmaf.modalities import channel_index_by_name, channel_names_from_dataset_json
+from nnunetv2_dmaf.training.channel_presence import DATA_PRESENT_KEY
 
 ENV_MISSING_RATES = "nnUNet_dmaf_missing_rates"
 ENV_AVAILABILITY_TABLE = "nnUNet_dmaf_availability_table"
