@@ -9,6 +9,7 @@ leftovers so that the next run can remove or report them.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import uuid
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 PARTIAL_MARKER = ".partial-"
+#: errno values of a failed write (named after the output by :func:`_naming`)
+_WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG})
 
 
 def full_suffix(name: str) -> str:
@@ -35,14 +38,27 @@ def partial_name(final: Path) -> Path:
 
 
 @contextmanager
+def _naming(final: Path) -> Iterator[None]:
+    """Gives a write error without a file name (``write``/``close`` on a full disk or quota, an I/O
+    error) ``final``'s name, so that its one-line message says which output failed."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno in _WRITE_ERRORS:
+            error.filename = str(final)
+        raise
+
+
+@contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a temporary path to write; on success it replaces ``path`` atomically, on any error or
     interruption it is deleted (file or folder)."""
     final = Path(path)
     tmp = partial_name(final)
     try:
-        yield tmp
-        os.replace(tmp, final)
+        with _naming(final):
+            yield tmp
+            os.replace(tmp, final)
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -62,9 +78,10 @@ def atomic_output_set(truncated: str | os.PathLike, endings: Sequence[str],
     final = Path(truncated)
     tmp = Path(tmp) if tmp is not None else temporary_truncated_name(final)
     try:
-        yield tmp
-        for ending in endings:
-            os.replace(f"{tmp}{ending}", f"{final}{ending}")
+        with _naming(final.parent / f"{final.name}{endings[-1] if endings else ''}"):
+            yield tmp
+            for ending in endings:
+                os.replace(f"{tmp}{ending}", f"{final}{ending}")
     finally:
         remove_temporary_set(tmp, endings)
 

@@ -78,3 +78,28 @@ def test_a_file_system_refusing_a_file_is_one_line_naming_it_and_other_os_errors
 
     with pytest.raises(FileNotFoundError):
         run_main(our_bug, [])
+
+
+def test_a_full_disk_during_an_atomic_write_names_the_output_file(tmp_path, capsys):
+    """write()/close() on a full disk raise OSError without a file name; the message names the output."""
+    import errno
+
+    from command_exit import exit_status
+    from nnunetv2_dmaf.atomic_files import atomic_output, atomic_output_set, partial_outputs
+    from nnunetv2_dmaf.user_errors import run_main
+
+    def write_to_full_disk(argv):
+        with atomic_output(tmp_path / "summary.csv") as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert exit_status(lambda argv: run_main(write_to_full_disk, argv), []) == 1
+    assert capsys.readouterr().err.endswith(f"error: {tmp_path / 'summary.csv'}: No space left on device\n")
+    assert partial_outputs(tmp_path) == []
+
+    def export_to_full_disk(argv):
+        with atomic_output_set(tmp_path / "case_001", [".npz", ".nii.gz"]):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert exit_status(lambda argv: run_main(export_to_full_disk, argv), []) == 1
+    assert capsys.readouterr().err.endswith(f"error: {tmp_path / 'case_001.nii.gz'}: No space left on device\n")
