@@ -223,8 +223,11 @@ def checkpoint_digests(folder: Path, folds: Sequence[int | str], checkpoint_name
     fold trained again)."""
     digests = {}
     for fold in folds:
+        digest = hashlib.sha256()  # not hashlib.file_digest: that needs Python 3.11, setup.py allows 3.10
         with open(folder / f"fold_{fold}" / checkpoint_name, "rb") as file:
-            digests[str(fold)] = hashlib.file_digest(file, "sha256").hexdigest()
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        digests[str(fold)] = digest.hexdigest()
     return digests
 
 
