@@ -111,6 +111,13 @@ def test_refuses_to_overwrite_outputs(demo_model, evaluation):
                             str(data / "labelsTs"), "-o", str(out), *MODEL, check=False)
     assert result.returncode == 2 and "already exists" in result.stderr and "--overwrite" in result.stderr
     assert (out / "summary.csv").read_bytes() == before
+    tables_only = out.parent / "tables_only"  # a paper table (the user's, or left by a run) is an output too
+    tables_only.mkdir()
+    shutil.copy(out / "paper_table_Dice_paper.md", tables_only)
+    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l",
+                            str(data / "labelsTs"), "-o", str(tables_only), *MODEL, check=False)
+    assert result.returncode == 2 and "paper_table_Dice_paper.md already exists" in result.stderr
+    assert [p.name for p in tables_only.iterdir()] == ["paper_table_Dice_paper.md"]
 
 
 def test_case_without_label_is_reported(demo_model, tmp_path):
@@ -189,21 +196,24 @@ def test_paper_table_in_published_subset_order(demo_model, evaluation, tmp_path)
 
 
 def test_overwrite_leaves_nothing_of_the_earlier_run(demo_model, evaluation, tmp_path):
-    """--overwrite removes the earlier run's tables, plots and saved predictions before it starts: a run
-    that then evaluates no case leaves only its own settings, not a summary of other settings."""
+    """--overwrite removes the earlier run's tables, plots and (with --save_predictions) saved predictions
+    before it starts: a run that then evaluates no case leaves only its own settings, not a summary of
+    other settings. Without --save_predictions it leaves a predictions/ folder alone (it may be the
+    user's own)."""
     out, _ = evaluation
-    again = tmp_path / "eval"
-    shutil.copytree(out, again)
-    assert (again / "predictions").is_dir() and (again / "paper_table_Dice_paper.md").is_file()
     data = demo_model.dataset_folder
     labels = tmp_path / "labels"
     labels.mkdir()
     content = (data / "labelsTs" / f"{CASE}.nii.gz").read_bytes()
     (labels / f"{CASE}.nii.gz").write_bytes(content[:len(content) // 2])
-    result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
-                            "-o", str(again), *MODEL, "--cases", CASE, "--overwrite", check=False)
-    assert result.returncode == 1 and "no case could be evaluated" in result.stderr
-    assert sorted(p.name for p in again.iterdir()) == ["evaluation_settings.json"]
+    for save, kept in ((["--save_predictions"], []), ([], ["predictions"])):
+        again = tmp_path / f"eval{len(save)}"
+        shutil.copytree(out, again)
+        assert (again / "predictions").is_dir() and (again / "paper_table_Dice_paper.md").is_file()
+        result = demo_model.run("nnUNetv2_dmaf_evaluate_subsets", "-i", str(data / "imagesTs"), "-l", str(labels),
+                                "-o", str(again), *MODEL, "--cases", CASE, "--overwrite", *save, check=False)
+        assert result.returncode == 1 and "no case could be evaluated" in result.stderr
+        assert sorted(p.name for p in again.iterdir()) == ["evaluation_settings.json", *kept]
 
 
 def bad_reference_labels(data, labels):

@@ -340,6 +340,7 @@ def _main(argv: list[str] | None) -> int:
     if args.et_postprocess_voxels is not None and args.et_postprocess_voxels < 1:
         raise UsageError(f"--et_postprocess_voxels must be >= 1, got {args.et_postprocess_voxels}")
     existing = [output_folder / n for n in (*OUTPUT_FILES, SETTINGS_FILE) if (output_folder / n).exists()]
+    existing += sorted(output_folder.glob(f"{PAPER_TABLE_PREFIX}*"))
     if args.save_predictions and (output_folder / "predictions").exists():
         existing.append(output_folder / "predictions")
     if existing and not (args.overwrite or args.continue_run):
@@ -367,8 +368,8 @@ def _main(argv: list[str] | None) -> int:
     if not args.continue_run:  # nothing of another run may stay beside this run's outputs
         for name in (*OUTPUT_FILES, *(p.name for p in output_folder.glob(f"{PAPER_TABLE_PREFIX}*"))):
             (output_folder / name).unlink(missing_ok=True)
-        if args.overwrite:
-            shutil.rmtree(output_folder / "predictions", ignore_errors=True)
+        if args.save_predictions and (output_folder / "predictions").exists():  # only with --overwrite (above)
+            shutil.rmtree(output_folder / "predictions")
     write_text_atomic(output_folder / SETTINGS_FILE, json.dumps(settings, indent=2))
     done = set(zip(earlier["case"].astype(str), earlier["subset"].astype(str)))
     rows = earlier.to_dict("records")  # all of them, also of cases outside --cases: nothing is lost
