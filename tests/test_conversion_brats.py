@@ -207,9 +207,15 @@ def test_submission_roundtrip(tmp_path, capsys):
     dataset = convert_brats.convert_brats(tmp_path / "data", 2020, output_root_folder=tmp_path / "raw")
     predictions = dataset / "labelsTr"  # stands in for nnUNetv2_predict output
     out = tmp_path / "submission"
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(tmp_path / "absent"), "-o", str(out)]) == 2
+    assert capsys.readouterr().err.endswith(f"error: input folder not found: {tmp_path / 'absent'}\n")
     assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out)]) == 2
     err = capsys.readouterr().err  # no dataset.json beside the predictions: the release must be given
     assert err.count("\n") == 1 and "give the BraTS release with -y" in err and not out.exists()
+    (predictions / "dataset.json").write_text("{")  # damaged: reported, not taken for a dataset without labels
+    assert exit_status(convert_brats.main_to_submission, ["-i", str(predictions), "-o", str(out), "-y", "2023"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{predictions / 'dataset.json'}: not a readable JSON file" in err
     (predictions / "plans.json").write_text("{}")  # nnU-Net writes json files next to predictions,
     shutil.copy(dataset / "dataset.json", predictions / "dataset.json")  # the model's dataset.json among them
     before = tree_digest(predictions)

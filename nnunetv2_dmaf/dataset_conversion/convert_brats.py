@@ -40,9 +40,9 @@ from nnunetv2_dmaf.dataset_conversion.case_conversion import CaseFiles, write_da
 from nnunetv2_dmaf.dataset_conversion.conversion_errors import ConversionError, ConversionUsageError, format_list
 from nnunetv2_dmaf.dataset_conversion.converter_options import add_output_arguments, add_processes_argument
 from nnunetv2_dmaf.dataset_conversion.image_files import DEFAULT_GEOMETRY_TOLERANCE
-from nnunetv2_dmaf.dataset_conversion.label_files import convert_label_folder, remap_labels
+from nnunetv2_dmaf.dataset_conversion.label_files import check_label_folders, convert_label_folder, remap_labels
 from nnunetv2_dmaf.dataset_conversion.output_folders import check_output_target, dataset_folder, output_root
-from nnunetv2_dmaf.user_errors import run_main
+from nnunetv2_dmaf.user_errors import one_line, run_main
 
 #: (file suffix, nnU-Net channel name) in nnU-Net channel order
 CHANNELS: tuple[tuple[str, str], ...] = (("t1", "T1"), ("t1ce", "T1ce"), ("t2", "T2"), ("flair", "FLAIR"))
@@ -208,11 +208,15 @@ def recorded_submission_labels(prediction_folder: Path) -> dict[int, int] | None
     """nnU-Net label -> BraTS label of the dataset whose predictions ``prediction_folder`` holds, read
     from the dataset.json that nnUNetv2_predict / nnUNetv2_dmaf_predict write beside the predictions
     (its description, as :func:`convert_brats` wrote it); None if there is no such file or it does
-    not say (a dataset not converted by this plugin)."""
-    try:
-        description = json.loads((prediction_folder / "dataset.json").read_text(encoding="utf-8"))["description"]
-    except (OSError, ValueError, KeyError, TypeError):
+    not say (a dataset not converted by this plugin). ConversionError if the file is not readable JSON."""
+    path = prediction_folder / "dataset.json"
+    if not path.is_file():
         return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ConversionError(f"{path}: not a readable JSON file ({one_line(error)})") from None
+    description = content.get("description") if isinstance(content, dict) else None
     match = _RECORDED_LABELS.search(str(description))
     if match is None:
         return None
@@ -284,6 +288,7 @@ def _main_to_submission(argv: Sequence[str] | None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace same-named files in the output folder")
     add_processes_argument(parser)
     args = parser.parse_args(argv)
+    check_label_folders(args.input, args.output)
     recorded = recorded_submission_labels(args.input)
     year = args.year
     if year is None:

@@ -63,12 +63,9 @@ def convert_label_file(src: Path, dst: Path, mapping: Mapping[int, int],
     write_label(remap_labels(label_values(image, src, mapping.keys()), mapping), image, dst)
 
 
-def convert_label_folder(input_folder: Path, output_folder: Path, mapping: Mapping[int, int],
-                         overwrite: bool = False, num_processes: int = 1) -> list[Path]:
-    """Writes every ``*.nii.gz``/``*.nii`` of ``input_folder`` with ``mapping`` applied (same name and
-    geometry; values other than the mapping's keys are an error naming the file) into
-    ``output_folder``, all files or none; returns the written files. Inputs are never modified."""
-    input_folder, output_folder = Path(input_folder), Path(output_folder)
+def check_label_folders(input_folder: Path, output_folder: Path) -> None:
+    """The path checks of :func:`convert_label_folder` (ConversionUsageError naming the folder), for
+    commands that read something from ``input_folder`` before converting it."""
     if not input_folder.is_dir():
         raise ConversionUsageError(f"input folder not found: {input_folder}")
     if output_folder.resolve() == input_folder.resolve():
@@ -78,6 +75,15 @@ def convert_label_folder(input_folder: Path, output_folder: Path, mapping: Mappi
         raise ConversionUsageError(f"output {output_folder} exists and is not a folder")
     if not output_folder.parent.is_dir():
         raise ConversionUsageError(f"the folder of the output, {output_folder.parent}, does not exist")
+
+
+def convert_label_folder(input_folder: Path, output_folder: Path, mapping: Mapping[int, int],
+                         overwrite: bool = False, num_processes: int = 1) -> list[Path]:
+    """Writes every ``*.nii.gz``/``*.nii`` of ``input_folder`` with ``mapping`` applied (same name and
+    geometry; values other than the mapping's keys are an error naming the file) into
+    ``output_folder``, all files or none; returns the written files. Inputs are never modified."""
+    input_folder, output_folder = Path(input_folder), Path(output_folder)
+    check_label_folders(input_folder, output_folder)
     files = sorted(p for p in input_folder.iterdir() if p.is_file() and p.name.lower().endswith((".nii.gz", ".nii")))
     if not files:
         raise ConversionError(f"no .nii.gz/.nii files in {input_folder}")
