@@ -48,6 +48,7 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Con
 from nnunetv2_dmaf.architecture.distillation_heads import CovarianceProjection, MaskedAttentionAlignment, level_tokens
 from nnunetv2_dmaf.architecture.fusion import DMAFFusion
 from nnunetv2_dmaf.architecture.grouped_conv import modality_grouped_conv
+from nnunetv2_dmaf.user_errors import one_line
 
 
 @dataclass
@@ -407,7 +408,8 @@ class DMAFNet(nn.Module):
 
 
 class UnsupportedPlansError(ValueError):
-    """The plans describe a network that DMAFNet cannot be built from (class, importable entries)."""
+    """The plans describe a network that DMAFNet cannot be built from (class, importable entries,
+    arch_kwargs that do not fit together)."""
 
 
 def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwargs_req_import: Sequence[str],
@@ -440,5 +442,9 @@ def build_dmaf_net_from_plans(arch_class_name: str, arch_kwargs: dict, arch_kwar
         raise UnsupportedPlansError(f"nnUNetTrainerDMAF supports plans with PlainConvUNet or ResidualEncoderUNet, "
                                     f"got network class {arch_class_name!r}")
     kwargs.update(dmaf_kwargs)
-    return DMAFNet(input_channels, output_channels, deep_supervision=deep_supervision,
-                   encoder_type=encoder_type, **kwargs)
+    try:
+        return DMAFNet(input_channels, output_channels, deep_supervision=deep_supervision,
+                       encoder_type=encoder_type, **kwargs)
+    except (AssertionError, ValueError, TypeError) as error:  # entries that do not fit together
+        raise UnsupportedPlansError(f"its {short_name} arch_kwargs do not describe a network DMAF-Net can be built "
+                                    f"from ({type(error).__name__}: {one_line(error)})") from error

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import multiprocessing
-import pickle
 from contextlib import contextmanager
 from copy import deepcopy
 from pathlib import Path
@@ -177,8 +176,8 @@ def nnunet_checkpoint_problem(path: Path, configurations: Collection[str]) -> st
     (one line), or None. Memory-maps the file: reads its entries, not the weights."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ImportError, AttributeError) as error:
-        return f"torch.load cannot read it ({one_line(error)})"
+    except Exception as error:  # unpickling arbitrary bytes raises many types
+        return f"torch.load cannot read it ({type(error).__name__}: {one_line(error)})"
     if not isinstance(checkpoint, dict):
         return f"holds a {type(checkpoint).__name__}, not an nnU-Net checkpoint (a dict of trainer state)"
     absent = [key for key in NNUNET_CHECKPOINT_ENTRIES if key not in checkpoint]
@@ -202,7 +201,13 @@ def checked_folds(args: argparse.Namespace, folder: Path) -> list[int | str]:
     or file."""
     folds = parse_folds(args.f)
     if folds is None:
-        folds = nnUNetPredictor.auto_detect_available_folds(str(folder), args.chk)
+        try:
+            folds = nnUNetPredictor.auto_detect_available_folds(str(folder), args.chk)
+        except ValueError:  # a fold_* folder with a checkpoint whose name does not end in a number
+            odd = sorted(p.parent.name for p in folder.glob(f"fold_*/{args.chk}")
+                         if not p.parent.name[5:].isdigit() and p.parent.name != "fold_all")
+            raise UsageError(f"{folder / odd[0] if odd else folder}: not a fold folder name (fold_<number> or "
+                             f"fold_all); rename it or select folds with -f") from None
         if not folds:
             raise UsageError(f"no fold_X/{args.chk} found in {folder} (check -chk)")
     for fold in folds:
