@@ -12,11 +12,16 @@ Usage (the arguments of nnUNetv2_dmaf_evaluate_subsets)::
     python benchmarks/unimodal_decoder_diagnostic.py -i imagesTs -l labelsTs -o eval_unimodal -d 995 \\
         -c 3d_quality -f 0 -tr nnUNetTrainerDMAF -chk checkpoint_final.pth --disable_tta -device cpu
 
+``--fusion_weight W`` (0 to 1, default 0) blends in the fusion decoder: the prediction is
+``W * fusion logits + (1 - W) * uni-modal mean``; 0.5 is the plain mean of the two decoders, 1 the
+fusion decoder alone (what ``nnUNetv2_dmaf_evaluate_subsets`` gives).
+
 Works with checkpoints of every DMAF-Net implementation of this repository whose features carry
 ``pair_index_host`` (run it with the interpreter that has the checkpoint's code installed).
 """
 from __future__ import annotations
 
+import argparse
 import sys
 import types
 
@@ -28,9 +33,9 @@ from nnunetv2_dmaf.evaluation import subset_evaluation
 
 def unimodal_forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor:
     """[B, M, *S] -> mean over the present modalities of the uni-modal decoder's full-resolution
-    logits [B, K, *S]."""
+    logits [B, K, *S], blended with the fusion decoder's by ``self.diagnostic_fusion_weight``."""
     mask = self.check_inputs(x, modality_mask).cpu()
-    _, features = type(self).forward(self, x, modality_mask, return_features=True)
+    fusion, features = type(self).forward(self, x, modality_mask, return_features=True)
     logits = features.unimodal_logits[0]
     total = logits.new_zeros((x.shape[0],) + tuple(logits.shape[1:]))
     count = torch.zeros(x.shape[0])
@@ -38,7 +43,9 @@ def unimodal_forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None =
         if mask[sample, modality]:
             total[sample] += logits[row]
             count[sample] += 1
-    return total / count.clamp_min(1).to(total).view(-1, *([1] * (total.ndim - 1)))
+    unimodal = total / count.clamp_min(1).to(total).view(-1, *([1] * (total.ndim - 1)))
+    weight = self.diagnostic_fusion_weight
+    return unimodal if weight == 0 else weight * fusion + (1 - weight) * unimodal
 
 
 def unimodal_predictor(*args, **kwargs):
@@ -47,11 +54,39 @@ def unimodal_predictor(*args, **kwargs):
     if getattr(network, "unimodal_decoder", None) is None:
         raise SystemExit(f"{predictor.trainer_name}: the network has no uni-modal decoder")
     network.forward = types.MethodType(unimodal_forward, network)
+    network.diagnostic_fusion_weight = fusion_weight
     return predictor
 
 
+def fusion_weight_arg(value: str) -> float:
+    weight = float(value)
+    if not 0 <= weight <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return weight
+
+
+def diagnostic_parser() -> argparse.ArgumentParser:
+    """nnUNetv2_dmaf_evaluate_subsets' parser under this script's name, plus --fusion_weight."""
+    parser = build_evaluation_parser()
+    parser.prog = "unimodal_decoder_diagnostic.py"
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--fusion_weight", type=fusion_weight_arg, default=0.0,
+                        help="weight of the fusion decoder's logits blended with the uni-modal mean (default 0)")
+    return parser
+
+
+def diagnostic_main(argv: list[str]) -> int:
+    global fusion_weight
+    fusion_weight = diagnostic_parser().parse_args(argv).fusion_weight
+    return evaluation_main(argv)
+
+
 build_predictor = predictor_module.load_predictor
+build_evaluation_parser = subset_evaluation.build_parser
+evaluation_main = subset_evaluation._main
+fusion_weight = 0.0
 
 if __name__ == "__main__":
-    predictor_module.load_predictor = unimodal_predictor  # read by subset_evaluation at call time
-    subset_evaluation.main(sys.argv[1:])
+    predictor_module.load_predictor = unimodal_predictor  # both read by subset_evaluation at call time
+    subset_evaluation.build_parser = diagnostic_parser
+    subset_evaluation.run_main(diagnostic_main, sys.argv[1:])

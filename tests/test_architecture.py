@@ -108,6 +108,27 @@ def test_grouped_encoder_equals_separate_modality_encoders():
                 torch.testing.assert_close(g[:, m], f, rtol=1e-4, atol=1e-5)
 
 
+def test_shared_encoder_encodes_every_modality_with_the_same_weights():
+    """shared_encoder: one single-channel encoder (1/M of the grouped encoder's parameters) that gives
+    the same features for the same image in any modality slot; missing modalities stay ignored; the
+    planner's feature-map count equals the grouped encoder's (same activations)."""
+    grouped, shared = make_net(3, 3), make_net(3, 3, shared_encoder=True)
+    assert sum(p.numel() for p in shared.encoder.parameters()) * 3 == \
+        sum(p.numel() for p in grouped.encoder.parameters())
+    assert shared.compute_conv_feature_map_size((16, 16, 16)) == grouped.compute_conv_feature_map_size((16, 16, 16))
+    x = torch.randn(2, 3, 16, 16, 16)
+    with torch.no_grad():
+        features = shared.encode(x)
+        rolled = shared.encode(x.roll(1, dims=1))
+        for f, r in zip(features, rolled):
+            assert f.shape[:2] == (2, 3)
+            torch.testing.assert_close(r, f.roll(1, dims=1), rtol=1e-4, atol=1e-5)
+        mask = torch.tensor([[True, False, True], [True, True, True]])
+        tampered = x.clone()
+        tampered[0, 1] = torch.randn(16, 16, 16) * 1000
+        torch.testing.assert_close(shared(tampered, mask)[0], shared(x, mask)[0])
+
+
 def test_activation_checkpointing_gives_identical_losses_and_gradients_and_less_saved_memory():
     x = torch.randn(2, 3, 16, 16, 16)
     mask = torch.tensor([[True, False, True], [False, True, True]])

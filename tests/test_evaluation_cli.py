@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from nnunetv2_dmaf.evaluation.metrics import dice, hd95
 CASE = "DMAFDemo_009"
 SUBSETS = ["T1", "T1ce", "T2", "FLAIR", "T1+T1ce", "T1+T2", "T1+FLAIR", "T1ce+T2", "T1ce+FLAIR", "T2+FLAIR",
            "T1+T1ce+T2", "T1+T1ce+FLAIR", "T1+T2+FLAIR", "T1ce+T2+FLAIR", "T1+T1ce+T2+FLAIR"]
+DIAGNOSTIC = Path(__file__).resolve().parents[1] / "benchmarks" / "unimodal_decoder_diagnostic.py"
 MODEL = ["-d", str(DATASET_ID), "-c", CONFIGURATION, "-f", str(FOLD), "-tr", TRAINER, "-device", "cpu",
          "--disable_tta"]
 
@@ -257,3 +260,28 @@ def test_continue_and_bad_reference_labels(demo_model, evaluation, tmp_path):
     refused = demo_model.run(*args[:-1], "400", "--continue", check=False)
     assert refused.returncode == 2 and "et_postprocess_voxels" in refused.stderr
     assert refused.stderr.count("\n") == 1
+
+
+def test_unimodal_decoder_diagnostic_blends_the_two_decoders_by_fusion_weight(demo_model, evaluation, tmp_path):
+    """benchmarks/unimodal_decoder_diagnostic.py: --fusion_weight 1 is exactly the fusion decoder
+    (nnUNetv2_dmaf_evaluate_subsets' table), 0 the uni-modal decoder (other predictions); out of
+    [0, 1] is a usage error."""
+    data = demo_model.dataset_folder
+    out, _ = evaluation
+    reference = pd.read_csv(out / "per_case.csv")
+    predictions = {}
+    for weight in ("1", "0"):
+        folder = tmp_path / f"weight_{weight}"
+        demo_model.run(sys.executable, str(DIAGNOSTIC), "-i", str(data / "imagesTs"), "-l", str(data / "labelsTs"),
+                       "-o", str(folder), *MODEL, "--cases", CASE, "--save_predictions", "--disable_progress_bar",
+                       "--et_postprocess_voxels", "500", "--fusion_weight", weight)
+        predictions[weight] = sorted((folder / "predictions").rglob("*.nii.gz"))
+        assert len(predictions[weight]) == 15
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "weight_1" / "per_case.csv"), reference)
+    assert any(not np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(a))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(b))))
+               for a, b in zip(predictions["1"], predictions["0"]))
+    bad = demo_model.run(sys.executable, str(DIAGNOSTIC), "-i", str(data / "imagesTs"), "-l", str(data / "labelsTs"),
+                         "-o", str(tmp_path / "bad"), *MODEL, "--fusion_weight", "1.5", check=False)
+    assert bad.returncode == 2 and "--fusion_weight" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad").exists()

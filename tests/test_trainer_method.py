@@ -145,7 +145,8 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
 
 @pytest.mark.parametrize("trainer_name, fusion_probability", [
     ("nnUNetTrainerDMAF_singleModalityFusion", 1.0),  # no sample is a teacher: the distillation weight is 0
-    ("nnUNetTrainerDMAF_noDistill", None), ("nnUNetTrainerDMAF_meanFusion", None)])
+    ("nnUNetTrainerDMAF_noDistill", None), ("nnUNetTrainerDMAF_meanFusion", None),
+    ("nnUNetTrainerDMAF_sharedEncoder", None)])
 def test_every_parameter_takes_part_in_every_training_step(trainer_factory, trainer_name, fusion_probability):
     """DDP as nnU-Net runs it (find_unused_parameters=False) needs a gradient, possibly zero, for every
     parameter in every step. Only the lowest deep-supervision head is exempt: nnU-Net weights it 0
@@ -185,6 +186,25 @@ def test_dtm_scales_are_applied_inside_train_step(trainer_factory):
         torch.testing.assert_close(b, a * 0.5, rtol=1e-4, atol=1e-7)
     for a, b in zip(grads[0][n1:], grads[1][n1:]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_shared_encoder_variant_trains_one_encoder_and_refuses_per_modality_gradient_scaling(trainer_factory):
+    """The shared encoder learns from every present modality in one step; DTM's per-encoder gradient
+    scaling, which would rescale slices of the shared weights, is off in the variant and refused
+    when switched on."""
+    trainer = trainer_factory("nnUNetTrainerDMAF_sharedEncoder")
+    trainer.initialize()
+    assert trainer.dmaf_network.shared_encoder and trainer.dtm_kwargs["modulate_gradients"] is False
+    assert trainer.dtm_kwargs["reweight_losses"] is True
+    first = next(trainer.dmaf_network.encoder.parameters())
+    assert first.shape[1] == 1  # one input channel: every modality passes through the same weights
+    train_loader, _ = trainer.get_dataloaders()
+    trainer.train_step(next(train_loader))
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    trainer = trainer_factory("nnUNetTrainerDMAF_sharedEncoder")
+    trainer.dtm_kwargs["modulate_gradients"] = True
+    with pytest.raises(ValueError, match="gradient scaling needs one encoder per modality"):
+        trainer.initialize()
 
 
 def test_gap_shrinkage_variant_lets_a_rare_lagging_modality_keep_its_weight(trainer_factory):

@@ -16,7 +16,8 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
   gradient) and by the losses. Nothing in forward depends on the mask's VALUES on the host, so
   forward makes no host-device synchronisation and torch.compile traces one graph for all masks.
   Skipping missing encoders would save little: at width 1/M the M encoders together cost 1/M of the
-  FLOPs of nnU-Net's encoder.
+  FLOPs of nnU-Net's encoder. With ``shared_encoder`` one single-channel encoder (shared weights)
+  encodes each modality separately instead.
 * Training memory: with ``activation_checkpointing`` (default) the full-resolution part of each
   level's fusion (weighted sum of the modality features) + projection and the shared uni-modal
   decoder are recomputed in backward instead of storing their activations (the attention maps'
@@ -155,6 +156,11 @@ class DMAFNet(nn.Module):
             ablation, which would leave them without gradient, which DDP rejects).
         encoder_type: "plain" (PlainConvEncoder, n_conv_per_stage) or "residual" (ResidualEncoder,
             n_blocks_per_stage), matching the plans' network class.
+        shared_encoder: one single-channel encoder applied to every modality (weights shared, each
+            modality still encoded separately; ``[B, M, *S]`` runs as ``[B*M, 1, *S]``) instead of M
+            modality-grouped encoders: every encoder weight then learns from every present channel of
+            every case (our variant for rare modalities, docs/training_method.md section 3d). Same
+            FLOPs and activations, 1/M of the encoder parameters.
         activation_checkpointing: in training, recompute each level's fusion (weighted sum; the
             attention maps are kept) + projection and the uni-modal decoder in backward instead of
             storing their activations (the training step then holds about as much activation memory
@@ -177,7 +183,7 @@ class DMAFNet(nn.Module):
                  fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
                  fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True,
                  distillation_level: int = -1, distillation_grid: int = 8, distillation_heads: bool = True,
-                 activation_checkpointing: bool = True,
+                 shared_encoder: bool = False, activation_checkpointing: bool = True,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -203,21 +209,24 @@ class DMAFNet(nn.Module):
             raise ValueError(f"modality_width_factor must be in (0, 4], got {width}")
         self.modality_features_per_stage = [max(8, int(round(f * width))) for f in features_per_stage]
 
-        # the M modality encoders: one encoder with modality-grouped convolutions (grouped_conv.py)
-        grouped = modality_grouped_conv(conv_op, input_channels)
-        widths = [input_channels * c for c in self.modality_features_per_stage]
+        # the M modality encoders: one encoder with modality-grouped convolutions (grouped_conv.py),
+        # or one single-channel encoder that every modality passes through (shared_encoder)
+        self.shared_encoder = shared_encoder
+        encoder_inputs = 1 if shared_encoder else input_channels
+        grouped = conv_op if shared_encoder else modality_grouped_conv(conv_op, input_channels)
+        widths = [encoder_inputs * c for c in self.modality_features_per_stage]
         common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
                       dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
                       nonlin_kwargs=nonlin_kwargs, return_skips=True)
         if encoder_type == "plain":
             if n_conv_per_stage is None:
                 raise ValueError("encoder_type 'plain' needs n_conv_per_stage (from the plans)")
-            self.encoder = PlainConvEncoder(input_channels, n_stages, widths, grouped, kernel_sizes, strides,
+            self.encoder = PlainConvEncoder(encoder_inputs, n_stages, widths, grouped, kernel_sizes, strides,
                                             n_conv_per_stage, **common)
         elif encoder_type == "residual":
             if n_blocks_per_stage is None:
                 raise ValueError("encoder_type 'residual' needs n_blocks_per_stage (from the plans)")
-            self.encoder = ResidualEncoder(input_channels, n_stages, widths, grouped, kernel_sizes, strides,
+            self.encoder = ResidualEncoder(encoder_inputs, n_stages, widths, grouped, kernel_sizes, strides,
                                            n_blocks_per_stage, **common)
         else:
             raise ValueError(f"encoder_type must be 'plain' or 'residual', got {encoder_type!r}")
@@ -287,6 +296,9 @@ class DMAFNet(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """All M modality encoders in one pass: [B, M, *S] -> per stage e_s [B, M, C_s, *S_s]."""
+        if self.shared_encoder:  # [B*M, 1, *S] -> [B*M, C_s, *S_s]
+            skips = self.encoder(x.flatten(0, 1).unsqueeze(1))
+            return [f.unflatten(0, (x.shape[0], self.num_modalities)) for f in skips]
         return [f.unflatten(1, (self.num_modalities, -1)) for f in self.encoder(x)]
 
     def _checkpointed(self) -> bool:
@@ -391,6 +403,8 @@ class DMAFNet(nn.Module):
             size = [i // j for i, j in zip(size, stride)]
             level_sizes.append(size)
         total = int(self.encoder.compute_conv_feature_map_size(input_size))
+        if self.shared_encoder:  # runs once per modality
+            total *= self.num_modalities
         total += sum(int(projection.compute_conv_feature_map_size(level_size))
                      for projection, level_size in zip(self.fusion_projections, level_sizes))
         fusion_decoder = int(self.decoder.compute_conv_feature_map_size(input_size))

@@ -4,7 +4,7 @@ from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetT
                                                       nnUNetTrainerDMAF_noDistill, nnUNetTrainerDMAF_noDTM,
                                                       nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noGapShrinkage,
                                                       nnUNetTrainerDMAF_noUniDecoder,
-                                                      nnUNetTrainerDMAF_rebalanced,
+                                                      nnUNetTrainerDMAF_rebalanced, nnUNetTrainerDMAF_sharedEncoder,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025_noDTM,

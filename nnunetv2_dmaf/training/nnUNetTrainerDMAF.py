@@ -94,6 +94,10 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         if self.distillation_enabled and self.dmaf_network.cca_projection is None:
             raise ValueError(f"{type(self).__name__}: distillation weights {self.distillation_weights} need the "
                              f"network's distillation heads (dmaf_network_kwargs distillation_heads=False)")
+        if self.dtm_kwargs.get("modulate_gradients", True) and self.dmaf_network.shared_encoder:
+            raise ValueError(f"{type(self).__name__}: DTM's per-modality gradient scaling needs one encoder per "
+                             f"modality (dmaf_network_kwargs shared_encoder=True; set dtm_kwargs "
+                             f"modulate_gradients=False)")
         self._ensure_dmaf_log_keys()
 
     def _build_fusion_sampler(self) -> None:
@@ -328,6 +332,21 @@ class nnUNetTrainerDMAF_meanFusion(nnUNetTrainerDMAF):
     """Ablation: fusion by the plain mean of the present modalities instead of DMAF attention maps."""
 
     dmaf_network_kwargs = {"fusion_mode": "mean"}
+
+
+class nnUNetTrainerDMAF_sharedEncoder(nnUNetTrainerDMAF):
+    """DMAF-Net with ONE encoder shared by the modalities (each modality still encoded on its own, then
+    fused by DMAF): a rare modality's features come from weights that learn from every present channel
+    of every case, not only from the cases that have it. DTM keeps its loss reweighting; its
+    per-encoder gradient scaling has no encoder of its own to act on and is off
+    (docs/training_method.md section 3d)."""
+
+    dmaf_network_kwargs = {"shared_encoder": True}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.dtm_kwargs = dict(self.dtm_kwargs, modulate_gradients=False)
 
 
 class nnUNetTrainerDMAF_subsetSampling(nnUNetTrainerDMAF):
