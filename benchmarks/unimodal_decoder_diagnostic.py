@@ -45,7 +45,9 @@ def unimodal_forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None =
             count[sample] += 1
     unimodal = total / count.clamp_min(1).to(total).view(-1, *([1] * (total.ndim - 1)))
     weight = self.diagnostic_fusion_weight
-    return unimodal if weight == 0 else weight * fusion + (1 - weight) * unimodal
+    if weight in (0, 1):
+        return fusion if weight == 1 else unimodal
+    return weight * fusion + (1 - weight) * unimodal
 
 
 def unimodal_predictor(*args, **kwargs):
@@ -59,7 +61,10 @@ def unimodal_predictor(*args, **kwargs):
 
 
 def fusion_weight_arg(value: str) -> float:
-    weight = float(value)
+    try:
+        weight = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {value!r}") from None
     if not 0 <= weight <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return weight
@@ -75,6 +80,13 @@ def diagnostic_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def diagnostic_settings(*args, **kwargs) -> dict:
+    """The evaluation's run settings plus the decoder blend, so that --continue never mixes blends
+    (or continues a plain evaluation's folder)."""
+    return {**evaluation_settings(*args, **kwargs),
+            "diagnostic": {"decoder": "uni-modal mean", "fusion_weight": fusion_weight}}
+
+
 def diagnostic_main(argv: list[str]) -> int:
     global fusion_weight
     fusion_weight = diagnostic_parser().parse_args(argv).fusion_weight
@@ -84,9 +96,11 @@ def diagnostic_main(argv: list[str]) -> int:
 build_predictor = predictor_module.load_predictor
 build_evaluation_parser = subset_evaluation.build_parser
 evaluation_main = subset_evaluation._main
+evaluation_settings = subset_evaluation.run_settings
 fusion_weight = 0.0
 
 if __name__ == "__main__":
-    predictor_module.load_predictor = unimodal_predictor  # both read by subset_evaluation at call time
+    predictor_module.load_predictor = unimodal_predictor  # all three read by subset_evaluation at call time
     subset_evaluation.build_parser = diagnostic_parser
+    subset_evaluation.run_settings = diagnostic_settings
     subset_evaluation.run_main(diagnostic_main, sys.argv[1:])

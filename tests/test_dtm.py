@@ -113,6 +113,12 @@ def test_scale_encoder_gradients_multiplies_only_the_scaled_modality_group():
         bad = nn.Linear(2, 3)
         bad(torch.ones(1, 2)).sum().backward()
         dtm.scale_encoder_gradients(bad)
+    off = DynamicTrainingMonitor(("x", "y"), modulate_gradients=False)
+    off.grad_scales = np.array([0.25, 1.0])  # e.g. restored from a checkpoint
+    before = [p.grad.clone() for p in encoder.parameters()]
+    off.scale_encoder_gradients(encoder)
+    for old, new in zip(before, (p.grad for p in encoder.parameters())):
+        torch.testing.assert_close(new, old)
 
 
 def test_state_dict_round_trip_continues_identically():

@@ -283,5 +283,10 @@ def test_unimodal_decoder_diagnostic_blends_the_two_decoders_by_fusion_weight(de
                for a, b in zip(predictions["1"], predictions["0"]))
     bad = demo_model.run(sys.executable, str(DIAGNOSTIC), "-i", str(data / "imagesTs"), "-l", str(data / "labelsTs"),
                          "-o", str(tmp_path / "bad"), *MODEL, "--fusion_weight", "1.5", check=False)
-    assert bad.returncode == 2 and "--fusion_weight" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--fusion_weight" in bad.stderr and bad.stderr.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+    other_blend = demo_model.run(sys.executable, str(DIAGNOSTIC), "-i", str(data / "imagesTs"), "-l",
+                                 str(data / "labelsTs"), "-o", str(tmp_path / "weight_1"), *MODEL, "--cases", CASE,
+                                 "--et_postprocess_voxels", "500", "--fusion_weight", "0.5", "--continue",
+                                 check=False)  # the blend is part of the run settings: never mixed
+    assert other_blend.returncode == 2 and "other settings (diagnostic)" in other_blend.stderr

@@ -203,8 +203,9 @@ class DynamicTrainingMonitor:
     def scale_encoder_gradients(self, encoder: nn.Module) -> None:
         """Multiplies the gradients of modality m's part of ``encoder`` by k_m (call after backward,
         before clipping). ``encoder`` holds the M modality encoders as modality groups (DMAFNet's
-        grouped encoder): dimension 0 of every parameter is M equal blocks, block m = modality m."""
-        if all(scale == 1.0 for scale in self.grad_scales):
+        grouped encoder): dimension 0 of every parameter is M equal blocks, block m = modality m.
+        Nothing happens with ``modulate_gradients`` off, whatever scales a checkpoint restored."""
+        if not self.modulate_gradients or all(scale == 1.0 for scale in self.grad_scales):
             return
         m = len(self.grad_scales)
         scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # one host -> device copy each
