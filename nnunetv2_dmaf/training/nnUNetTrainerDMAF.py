@@ -94,7 +94,7 @@ class nnUNetTrainerDMAF(nnUNetTrainerZeroFilled):
         if self.distillation_enabled and self.dmaf_network.cca_projection is None:
             raise ValueError(f"{type(self).__name__}: distillation weights {self.distillation_weights} need the "
                              f"network's distillation heads (dmaf_network_kwargs distillation_heads=False)")
-        if self.dtm_kwargs.get("modulate_gradients", True) and self.dmaf_network.shared_encoder:
+        if self.dtm.modulate_gradients and self.dmaf_network.shared_encoder:
             raise ValueError(f"{type(self).__name__}: DTM's per-modality gradient scaling needs one encoder per "
                              f"modality (dmaf_network_kwargs shared_encoder=True; set dtm_kwargs "
                              f"modulate_gradients=False)")
