@@ -27,8 +27,9 @@ import types
 
 import torch
 
-import nnunetv2_dmaf.inference.predictor as predictor_module
 from nnunetv2_dmaf.evaluation import subset_evaluation
+from nnunetv2_dmaf.inference.predictor import DMAFPredictor
+from nnunetv2_dmaf.user_errors import DataError, run_main
 
 
 def unimodal_forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -50,11 +51,11 @@ def unimodal_forward(self, x: torch.Tensor, modality_mask: torch.Tensor | None =
     return weight * fusion + (1 - weight) * unimodal
 
 
-def unimodal_predictor(*args, **kwargs):
-    predictor = build_predictor(*args, **kwargs)
+def use_unimodal_decoder(predictor: DMAFPredictor, fusion_weight: float) -> DMAFPredictor:
+    """Makes ``predictor``'s network predict with :func:`unimodal_forward` (this instance only)."""
     network = getattr(predictor.network, "_orig_mod", predictor.network)
     if getattr(network, "unimodal_decoder", None) is None:
-        raise SystemExit(f"{predictor.trainer_name}: the network has no uni-modal decoder")
+        raise DataError(f"{predictor.trainer_name}: the network has no uni-modal decoder")
     network.forward = types.MethodType(unimodal_forward, network)
     network.diagnostic_fusion_weight = fusion_weight
     return predictor
@@ -72,7 +73,7 @@ def fusion_weight_arg(value: str) -> float:
 
 def diagnostic_parser() -> argparse.ArgumentParser:
     """nnUNetv2_dmaf_evaluate_subsets' parser under this script's name, plus --fusion_weight."""
-    parser = build_evaluation_parser()
+    parser = subset_evaluation.build_parser()
     parser.prog = "unimodal_decoder_diagnostic.py"
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--fusion_weight", type=fusion_weight_arg, default=0.0,
@@ -80,27 +81,15 @@ def diagnostic_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def diagnostic_settings(*args, **kwargs) -> dict:
-    """The evaluation's run settings plus the decoder blend, so that --continue never mixes blends
-    (or continues a plain evaluation's folder)."""
-    return {**evaluation_settings(*args, **kwargs),
-            "diagnostic": {"decoder": "uni-modal mean", "fusion_weight": fusion_weight}}
-
-
 def diagnostic_main(argv: list[str]) -> int:
-    global fusion_weight
-    fusion_weight = diagnostic_parser().parse_args(argv).fusion_weight
-    return evaluation_main(argv)
+    """nnUNetv2_dmaf_evaluate_subsets with the uni-modal decoder (blended by --fusion_weight); the blend
+    is part of the run settings, so that --continue never mixes blends (or continues a plain evaluation)."""
+    args = diagnostic_parser().parse_args(argv)
+    weight = args.fusion_weight
+    return subset_evaluation.evaluate_command(
+        args, adapt_predictor=lambda predictor: use_unimodal_decoder(predictor, weight),
+        extra_settings={"diagnostic": {"decoder": "uni-modal mean", "fusion_weight": weight}})
 
-
-build_predictor = predictor_module.load_predictor
-build_evaluation_parser = subset_evaluation.build_parser
-evaluation_main = subset_evaluation._main
-evaluation_settings = subset_evaluation.run_settings
-fusion_weight = 0.0
 
 if __name__ == "__main__":
-    predictor_module.load_predictor = unimodal_predictor  # all three read by subset_evaluation at call time
-    subset_evaluation.build_parser = diagnostic_parser
-    subset_evaluation.run_settings = diagnostic_settings
-    subset_evaluation.run_main(diagnostic_main, sys.argv[1:])
+    run_main(diagnostic_main, sys.argv[1:])

@@ -328,7 +328,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    return evaluate_command(build_parser().parse_args(argv))
+
+
+def evaluate_command(args: argparse.Namespace,
+                     adapt_predictor: Callable[[DMAFPredictor], DMAFPredictor] | None = None,
+                     extra_settings: dict | None = None) -> int:
+    """The command behind ``nnUNetv2_dmaf_evaluate_subsets`` for parsed ``args`` (of :func:`build_parser`).
+    For diagnostics that evaluate a changed model the same way: ``adapt_predictor`` is applied to the
+    loaded predictor, and ``extra_settings`` (describing that change) join the run settings, so that
+    ``--continue`` never mixes the rows of two different models. Returns the exit status."""
     image_folder, label_folder, output_folder = Path(args.i), Path(args.l), Path(args.o)
     for folder, flag in ((image_folder, "-i"), (label_folder, "-l")):
         if not folder.is_dir():
@@ -354,7 +363,8 @@ def _main(argv: list[str] | None) -> int:
     region_names = [r.name for r in regions]
     from nnunetv2_dmaf.inference.predictor import checked_folds, checkpoint_digests, load_predictor
     folds = checked_folds(args, model_folder)
-    settings = run_settings(args, model_folder, checkpoint_digests(model_folder, folds, args.chk), names, regions)
+    settings = {**run_settings(args, model_folder, checkpoint_digests(model_folder, folds, args.chk), names, regions),
+                **(extra_settings or {})}
     columns = per_case_columns(regions)
     earlier = resumed_rows(output_folder, settings, columns) if args.continue_run else pd.DataFrame(columns=columns)
     cases, failures = find_evaluation_cases(image_folder, label_folder, dataset_json["file_ending"], args.cases)
@@ -363,6 +373,8 @@ def _main(argv: list[str] | None) -> int:
     if not cases:
         raise DataError("no case to evaluate")
     predictor = load_predictor(args, model_folder, folds, allow_tqdm=False)
+    if adapt_predictor is not None:
+        predictor = adapt_predictor(predictor)
     subsets = all_modality_subsets(len(names))
     output_folder.mkdir(exist_ok=True)
     if not args.continue_run:  # nothing of another run may stay beside this run's outputs
