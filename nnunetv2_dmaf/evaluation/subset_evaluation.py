@@ -337,7 +337,8 @@ def evaluate_command(args: argparse.Namespace,
     """The command behind ``nnUNetv2_dmaf_evaluate_subsets`` for parsed ``args`` (of :func:`build_parser`).
     For diagnostics that evaluate a changed model the same way: ``adapt_predictor`` is applied to the
     loaded predictor, and ``extra_settings`` (describing that change) join the run settings, so that
-    ``--continue`` never mixes the rows of two different models. Returns the exit status."""
+    ``--continue`` never mixes the rows of two different models (their keys must be new ones).
+    Returns the exit status."""
     image_folder, label_folder, output_folder = Path(args.i), Path(args.l), Path(args.o)
     for folder, flag in ((image_folder, "-i"), (label_folder, "-l")):
         if not folder.is_dir():
