@@ -100,6 +100,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerDMAF_singleModalityFusion_025_noDTM": "(c) + single-modality fusion, p=0.25, w/o DTM",
     "nnUNetTrainerDMAF_rebalanced": "(c) + single-modality fusion + case rebalancing",
     "nnUNetTrainerDMAF_sharedEncoder": "(c) + one encoder shared by the modalities",
+    "nnUNetTrainerDMAF_sharedEncoderModalityNorms": "(c) + shared encoder, norms per modality",
 }
 BASELINES = ("nnUNetTrainerZeroFilled", "nnUNetTrainerChannelDropout")
 DMAF = "nnUNetTrainerDMAF"
@@ -107,7 +108,7 @@ DMAF = "nnUNetTrainerDMAF"
 VARIANTS = ("nnUNetTrainerDMAF_subsetSampling", "nnUNetTrainerDMAF_singleModalityFusion",
             "nnUNetTrainerDMAF_singleModalityFusion_025", "nnUNetTrainerDMAF_rebalanced",
             "nnUNetTrainerDMAF_noGapShrinkage", "nnUNetTrainerDMAF_singleModalityFusion_025_noDTM",
-            "nnUNetTrainerDMAF_sharedEncoder")
+            "nnUNetTrainerDMAF_sharedEncoder", "nnUNetTrainerDMAF_sharedEncoderModalityNorms")
 RARE_SUBSETS = ("T2", "FLAIR")  # the subsets of the rarest modalities in the mr2468 table
 #: settings that change the data or the training; a work dir is only resumed with the same values
 #: (plus ``full_size_plans``, stored only when set, so that the records of 3d_quality keep their names)

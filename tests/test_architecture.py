@@ -129,6 +129,37 @@ def test_shared_encoder_encodes_every_modality_with_the_same_weights():
         torch.testing.assert_close(shared(tampered, mask)[0], shared(x, mask)[0])
 
 
+def test_modality_norms_make_the_shared_encoder_modality_specific_only_through_its_norms():
+    """modality_norms: the shared encoder's convolutions stay shared (same weights as without), each
+    norm layer gets a scale and shift per modality; at their initial values (1, 0) it is the shared
+    encoder, once they differ the same image gives different features in different modality slots,
+    and only the present modalities' norm parameters get a gradient. Refused without shared_encoder."""
+    shared, normed = make_net(3, 3, shared_encoder=True), make_net(3, 3, shared_encoder=True, modality_norms=True)
+    convs = {k: v for k, v in shared.encoder.state_dict().items() if k.endswith("conv.weight")}
+    assert convs and all(torch.equal(normed.encoder.state_dict()[k], v) for k, v in convs.items())
+    norms = [m for m in normed.encoder.modules() if hasattr(m, "modality_weight")]
+    assert norms and all(m.modality_weight.shape == (3, m.num_features) for m in norms)
+    normed.load_state_dict(shared.state_dict(), strict=False)  # everything but the norms' own affine
+    x = torch.randn(2, 3, 16, 16, 16)
+    same = x[:, :1].expand(-1, 3, -1, -1, -1)  # one image in every modality slot
+    with torch.no_grad():
+        for a, b in zip(shared.encode(x), normed.encode(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        for m in norms:
+            m.modality_weight[1].mul_(1.5)
+            m.modality_bias[2].add_(0.3)
+        features = normed.encode(same)[0]
+    assert not torch.allclose(features[:, 0], features[:, 1]) and not torch.allclose(features[:, 0], features[:, 2])
+    normed.train()
+    mask = torch.tensor([[True, False, True], [True, False, True]])
+    output, _ = normed(x, mask, return_features=True)
+    output.sum().backward()
+    grad = norms[0].modality_weight.grad
+    assert grad[0].abs().sum() > 0 and grad[2].abs().sum() > 0 and grad[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="modality_norms needs shared_encoder"):
+        make_net(3, 3, modality_norms=True)
+
+
 def test_activation_checkpointing_gives_identical_losses_and_gradients_and_less_saved_memory():
     x = torch.randn(2, 3, 16, 16, 16)
     mask = torch.tensor([[True, False, True], [False, True, True]])

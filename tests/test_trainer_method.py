@@ -146,7 +146,7 @@ def test_every_loss_term_sends_gradient_in_table_mode(trainer_factory, demo_mode
 @pytest.mark.parametrize("trainer_name, fusion_probability", [
     ("nnUNetTrainerDMAF_singleModalityFusion", 1.0),  # no sample is a teacher: the distillation weight is 0
     ("nnUNetTrainerDMAF_noDistill", None), ("nnUNetTrainerDMAF_meanFusion", None),
-    ("nnUNetTrainerDMAF_sharedEncoder", None)])
+    ("nnUNetTrainerDMAF_sharedEncoder", None), ("nnUNetTrainerDMAF_sharedEncoderModalityNorms", None)])
 def test_every_parameter_takes_part_in_every_training_step(trainer_factory, trainer_name, fusion_probability):
     """DDP as nnU-Net runs it (find_unused_parameters=False) needs a gradient, possibly zero, for every
     parameter in every step. Only the lowest deep-supervision head is exempt: nnU-Net weights it 0

@@ -17,7 +17,7 @@ Built from nnU-Net plans (see :func:`build_dmaf_net_from_plans`). Conventions:
   forward makes no host-device synchronisation and torch.compile traces one graph for all masks.
   Skipping missing encoders would save little: at width 1/M the M encoders together cost 1/M of the
   FLOPs of nnU-Net's encoder. With ``shared_encoder`` one single-channel encoder (shared weights)
-  encodes each modality separately instead.
+  encodes each modality separately instead (with ``modality_norms``: its norms per modality).
 * Training memory: with ``activation_checkpointing`` (default) the full-resolution part of each
   level's fusion (weighted sum of the modality features) + projection and the shared uni-modal
   decoder are recomputed in backward instead of storing their activations (the attention maps'
@@ -49,6 +49,7 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Con
 from nnunetv2_dmaf.architecture.distillation_heads import CovarianceProjection, MaskedAttentionAlignment, level_tokens
 from nnunetv2_dmaf.architecture.fusion import DMAFFusion
 from nnunetv2_dmaf.architecture.grouped_conv import modality_grouped_conv
+from nnunetv2_dmaf.architecture.modality_norm import modality_conditioned_norm
 from nnunetv2_dmaf.user_errors import one_line
 
 
@@ -161,6 +162,9 @@ class DMAFNet(nn.Module):
             modality-grouped encoders: every encoder weight then learns from every present channel of
             every case (our variant for rare modalities, docs/training_method.md section 3d). Same
             FLOPs and activations, 1/M of the encoder parameters.
+        modality_norms: with ``shared_encoder``, every norm layer of the shared encoder has the affine
+            parameters of the sample's modality (modality_norm.py): shared convolutions, modality-
+            specific normalisation, so the encoder knows which modality it encodes (section 3d).
         activation_checkpointing: in training, recompute each level's fusion (weighted sum; the
             attention maps are kept) + projection and the uni-modal decoder in backward instead of
             storing their activations (the training step then holds about as much activation memory
@@ -183,7 +187,7 @@ class DMAFNet(nn.Module):
                  fusion_token_grid: int = 4, fusion_token_dim: int | None = None, fusion_mlp_ratio: float = 2.0,
                  fusion_per_channel_maps: bool = False, unimodal_decoder: bool = True,
                  distillation_level: int = -1, distillation_grid: int = 8, distillation_heads: bool = True,
-                 shared_encoder: bool = False, activation_checkpointing: bool = True,
+                 shared_encoder: bool = False, modality_norms: bool = False, activation_checkpointing: bool = True,
                  **unused_plans_kwargs: Any):
         super().__init__()
         if input_channels < 1:
@@ -212,10 +216,14 @@ class DMAFNet(nn.Module):
         # the M modality encoders: one encoder with modality-grouped convolutions (grouped_conv.py),
         # or one single-channel encoder that every modality passes through (shared_encoder)
         self.shared_encoder = shared_encoder
+        if modality_norms and not shared_encoder:
+            raise ValueError("modality_norms needs shared_encoder=True (the grouped encoders are modality-specific)")
+        self.modality_norms = modality_norms
+        encoder_norm = modality_conditioned_norm(norm_op, input_channels) if modality_norms else norm_op
         encoder_inputs = 1 if shared_encoder else input_channels
         grouped = conv_op if shared_encoder else modality_grouped_conv(conv_op, input_channels)
         widths = [encoder_inputs * c for c in self.modality_features_per_stage]
-        common = dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs,
+        common = dict(conv_bias=conv_bias, norm_op=encoder_norm, norm_op_kwargs=norm_op_kwargs,
                       dropout_op=dropout_op, dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin,
                       nonlin_kwargs=nonlin_kwargs, return_skips=True)
         if encoder_type == "plain":

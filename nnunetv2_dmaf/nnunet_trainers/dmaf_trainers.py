@@ -5,6 +5,7 @@ from nnunetv2_dmaf.training.nnUNetTrainerDMAF import (nnUNetTrainerDMAF, nnUNetT
                                                       nnUNetTrainerDMAF_noCheckpointing, nnUNetTrainerDMAF_noGapShrinkage,
                                                       nnUNetTrainerDMAF_noUniDecoder,
                                                       nnUNetTrainerDMAF_rebalanced, nnUNetTrainerDMAF_sharedEncoder,
+                                                      nnUNetTrainerDMAF_sharedEncoderModalityNorms,
                                                       nnUNetTrainerDMAF_singleModalityFusion,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025,
                                                       nnUNetTrainerDMAF_singleModalityFusion_025_noDTM,

@@ -349,6 +349,14 @@ class nnUNetTrainerDMAF_sharedEncoder(nnUNetTrainerDMAF):
         self.dtm_kwargs = dict(self.dtm_kwargs, modulate_gradients=False)
 
 
+class nnUNetTrainerDMAF_sharedEncoderModalityNorms(nnUNetTrainerDMAF_sharedEncoder):
+    """The shared encoder with modality-specific normalisation: convolutions shared by the modalities,
+    each norm layer's scale and shift per modality, so that the shared weights keep what every case
+    teaches while the encoder can still tell T1ce from T1 (docs/training_method.md section 3d)."""
+
+    dmaf_network_kwargs = {"shared_encoder": True, "modality_norms": True}
+
+
 class nnUNetTrainerDMAF_subsetSampling(nnUNetTrainerDMAF):
     """DMAF-Net that, like the channel-dropout baseline, also trains on random subsets of each case's
     available modalities: every available channel is dropped with probability 0.5, never all of them
