@@ -218,7 +218,6 @@ class DMAFNet(nn.Module):
         self.shared_encoder = shared_encoder
         if modality_norms and not shared_encoder:
             raise ValueError("modality_norms needs shared_encoder=True (the grouped encoders are modality-specific)")
-        self.modality_norms = modality_norms
         encoder_norm = modality_conditioned_norm(norm_op, input_channels) if modality_norms else norm_op
         encoder_inputs = 1 if shared_encoder else input_channels
         grouped = conv_op if shared_encoder else modality_grouped_conv(conv_op, input_channels)

@@ -354,7 +354,7 @@ class nnUNetTrainerDMAF_sharedEncoderModalityNorms(nnUNetTrainerDMAF_sharedEncod
     each norm layer's scale and shift per modality, so that the shared weights keep what every case
     teaches while the encoder can still tell T1ce from T1 (docs/training_method.md section 3d)."""
 
-    dmaf_network_kwargs = {"shared_encoder": True, "modality_norms": True}
+    dmaf_network_kwargs = {**nnUNetTrainerDMAF_sharedEncoder.dmaf_network_kwargs, "modality_norms": True}
 
 
 class nnUNetTrainerDMAF_subsetSampling(nnUNetTrainerDMAF):
